@@ -1,0 +1,27 @@
+//! NATS subjects. Every Coracle subject lives under `coracle.` so one stream captures them all.
+
+pub const STREAM: &str = "CORACLE";
+pub const ALL: &str = "coracle.>";
+
+pub const BACKUP_REQUESTED: &str = "coracle.backup.requested";
+pub const BACKUP_PLANNED: &str = "coracle.backup.planned";
+pub const VOLUME_BACKUP_PROGRESS: &str = "coracle.volume.backup.progress";
+pub const VOLUME_BACKUP_COMPLETED: &str = "coracle.volume.backup.completed";
+pub const VOLUME_BACKUP_FAILED: &str = "coracle.volume.backup.failed";
+pub const BACKUP_COMPLETED: &str = "coracle.backup.completed";
+pub const SCHEDULE_TICK: &str = "coracle.schedule.tick";
+pub const K8S_ALL: &str = "coracle.k8s.>";
+pub const DLQ_PREFIX: &str = "coracle.dlq";
+
+/// Dead-letter subject of one function: `coracle.dlq.<function>`.
+pub fn dlq(function: &str) -> String {
+    format!("{DLQ_PREFIX}.{function}")
+}
+
+/// KV bucket holding backup records (per-volume status), keyed by backup name.
+pub const KV_BACKUPS: &str = "coracle-backups";
+/// KV bucket holding pending restores.
+pub const KV_RESTORES: &str = "coracle-restores";
+/// KV bucket holding schedule fire state.
+pub const KV_SCHEDULES: &str = "coracle-schedules";
+pub const KV_BUCKETS: [&str; 3] = [KV_BACKUPS, KV_RESTORES, KV_SCHEDULES];

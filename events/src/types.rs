@@ -1,0 +1,295 @@
+//! Every Coracle event type with its typed data.
+//!
+//! Field names are camelCase like Kubernetes objects. Unknown fields are tolerated (serde's
+//! default), so a newer producer can add data without breaking older consumers; a new
+//! incompatible shape gets a new `.vN` type instead.
+
+use crate::envelope::EventData;
+use crate::subjects;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+macro_rules! event_type {
+    ($t:ty, $ty:literal, $subject:expr) => {
+        impl EventData for $t {
+            const TYPE: &'static str = $ty;
+            const SUBJECT: &'static str = $subject;
+        }
+    };
+}
+
+/// `coracle.backup.requested`: what to back up. Also the `--request` file of `coracle plan backup`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRequest {
+    pub name: String,
+    /// Generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Empty means all namespaces.
+    #[serde(default)]
+    pub included_namespaces: Vec<String>,
+    #[serde(default)]
+    pub excluded_namespaces: Vec<String>,
+    /// A Kubernetes label selector string (`app=web,tier in (a,b),!legacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Opt-out mode: back up every eligible volume unless excluded by annotation.
+    #[serde(default)]
+    pub default_volumes_to_backup: bool,
+    /// Go-style duration, default `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Go-style duration bounding each volume's Job index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_timeout: Option<String>,
+    /// The schedule or trigger that produced this request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+event_type!(
+    BackupRequest,
+    "dev.coracle.backup.requested.v1",
+    subjects::BACKUP_REQUESTED
+);
+
+/// Names one backup everywhere a result refers to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// How a pod volume is provided; decides the on-node directory and the identity.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumeSource {
+    /// A PersistentVolumeClaim; data dir named after the PV.
+    Pvc,
+    EmptyDir,
+    /// Inline CSI volume (`spec.volumes[].csi`).
+    CsiEphemeral,
+    /// Generic ephemeral volume (a PVC created per pod).
+    Ephemeral,
+    /// Any other in-tree source the kubelet mounts under its own plugin directory (NFS, iSCSI…).
+    Other,
+}
+
+/// One volume a backup covers: the contract between the planner, the Job and the record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedVolume {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub volume: String,
+    pub node: String,
+    pub source: VolumeSource,
+    /// Claim name for PVC-backed volumes (including generic ephemeral ones).
+    pub pvc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pv: Option<String>,
+    /// Directory name under `<pods-root>/<pod-uid>/volumes/*/`: the PV name or the volume name.
+    pub dir: String,
+    /// Stable identity that survives pod re-creation; selects the parent snapshot.
+    pub identity: String,
+}
+
+impl PlannedVolume {
+    /// `namespace/pod/volume`, the key of this volume in a backup record.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.pod, self.volume)
+    }
+}
+
+/// A volume the plan deliberately does not back up, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedVolume {
+    pub namespace: String,
+    pub pod: String,
+    /// Empty when a whole pod is skipped.
+    pub volume: String,
+    pub reason: String,
+}
+
+/// `coracle.backup.planned`: the plan and the Jobs launched for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPlanned {
+    pub backup: BackupRef,
+    pub request: BackupRequest,
+    pub volumes: Vec<PlannedVolume>,
+    pub skipped: Vec<SkippedVolume>,
+    pub jobs: Vec<String>,
+    pub expires: DateTime<Utc>,
+}
+event_type!(
+    BackupPlanned,
+    "dev.coracle.backup.planned.v1",
+    subjects::BACKUP_PLANNED
+);
+
+/// `coracle.volume.backup.progress`, at most once a second per volume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeBackupProgress {
+    pub backup: BackupRef,
+    /// `namespace/pod/volume`.
+    pub volume: String,
+    pub percent_done: f64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub seconds_elapsed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_remaining: Option<u64>,
+}
+event_type!(
+    VolumeBackupProgress,
+    "dev.coracle.volume.backup.progress.v1",
+    subjects::VOLUME_BACKUP_PROGRESS
+);
+
+/// Figures of one finished `restic backup`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStats {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub total_files: u64,
+    pub bytes_added: u64,
+    pub total_bytes: u64,
+    pub duration_seconds: f64,
+}
+
+/// `coracle.volume.backup.completed`: a snapshot exists. `warnings` is non-empty when restic
+/// exited 3 (some files unreadable): completed with warnings, neither clean success nor failure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeBackupCompleted {
+    pub backup: BackupRef,
+    pub volume: PlannedVolume,
+    pub snapshot_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot: Option<String>,
+    pub stats: BackupStats,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub attempt: u32,
+}
+event_type!(
+    VolumeBackupCompleted,
+    "dev.coracle.volume.backup.completed.v1",
+    subjects::VOLUME_BACKUP_COMPLETED
+);
+
+/// `coracle.volume.backup.failed`. `final` is false while the Job will retry this index; only
+/// a final failure marks the volume Failed in the record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeBackupFailed {
+    pub backup: BackupRef,
+    pub volume: PlannedVolume,
+    pub reason: String,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(rename = "final", default = "yes")]
+    pub is_final: bool,
+}
+event_type!(
+    VolumeBackupFailed,
+    "dev.coracle.volume.backup.failed.v1",
+    subjects::VOLUME_BACKUP_FAILED
+);
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BackupPhase {
+    Completed,
+    PartiallyFailed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeFailure {
+    pub volume: String,
+    pub reason: String,
+}
+
+/// `coracle.backup.completed`: published exactly once per backup, when every volume is terminal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupCompleted {
+    pub backup: BackupRef,
+    pub phase: BackupPhase,
+    pub volumes: u32,
+    pub volumes_completed: u32,
+    pub volumes_with_warnings: u32,
+    pub volumes_failed: u32,
+    pub bytes_added: u64,
+    pub total_bytes: u64,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    #[serde(default)]
+    pub failures: Vec<VolumeFailure>,
+}
+event_type!(
+    BackupCompleted,
+    "dev.coracle.backup.completed.v1",
+    subjects::BACKUP_COMPLETED
+);
+
+/// `coracle.dlq.<function>`: an event a function could not handle, with the reason and the
+/// original payload (truncated past `MAX_DLQ_PAYLOAD`; the stream sequence finds the rest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub function: String,
+    pub reason: String,
+    pub subject: String,
+    pub deliveries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_sequence: Option<u64>,
+    /// The original payload: JSON when it parsed as JSON, otherwise a (lossy) string.
+    pub payload: Value,
+    #[serde(default)]
+    pub truncated: bool,
+}
+event_type!(
+    DeadLetter,
+    "dev.coracle.dlq.deadlettered.v1",
+    subjects::DLQ_PREFIX
+);
+
+pub const MAX_DLQ_PAYLOAD: usize = 64 * 1024;
+
+/// Where an event came from: `/coracle/functions/<name>`.
+pub fn function_source(function: &str) -> String {
+    format!("/coracle/functions/{function}")
+}
+
+/// Where a Job's event came from: `/coracle/jobs/<job>`.
+pub fn job_source(job: &str) -> String {
+    format!("/coracle/jobs/{job}")
+}
+
+/// What one Job index concludes, written to the pod's termination message so a sweep can
+/// recover results that were produced while NATS was unreachable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "outcome")]
+pub enum VolumeOutcome {
+    Completed(VolumeBackupCompleted),
+    Failed(VolumeBackupFailed),
+}

@@ -1,0 +1,149 @@
+//! Installation settings: the `coracle-config` ConfigMap in Coracle's own namespace.
+//! Every field has a default so a cluster dump without the ConfigMap still plans.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const CONFIGMAP_NAME: &str = "coracle-config";
+pub const DEFAULT_SYSTEM_NAMESPACE: &str = "coracle-system";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Settings {
+    /// Namespace where Jobs, the ConfigMap and the master-key Secret live.
+    pub system_namespace: String,
+    /// Each namespace's repository is `<repositoryPrefix>/<namespace>` (any restic backend).
+    pub repository_prefix: String,
+    /// The kubelet root on the nodes (`/var/lib/kubelet`, RancherOS, TKGI, OpenShift roots…).
+    pub kubelet_root: String,
+    /// Job indexes running at once on one node.
+    pub per_node_concurrency: i32,
+    pub backoff_limit_per_index: i32,
+    pub ttl_seconds_after_finished: i32,
+    /// Per-volume deadline when the request names none (Go duration).
+    pub default_volume_timeout: String,
+    /// Backup TTL when the request names none (Go duration).
+    pub default_ttl: String,
+    pub job_image: String,
+    pub image_pull_policy: String,
+    /// NATS URL handed to Jobs so they publish progress and results; empty: results only via
+    /// termination messages.
+    pub nats_url: String,
+    /// Secret (in the system namespace) holding the installation master key under `key`.
+    pub master_key_secret: String,
+    /// Optional Secret whose keys become restic's environment (S3/Azure/GCS credentials).
+    pub repository_credentials_secret: String,
+    pub service_account: String,
+    pub job_cpu_request: String,
+    pub job_memory_request: String,
+    pub job_cpu_limit: String,
+    pub job_memory_limit: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            system_namespace: DEFAULT_SYSTEM_NAMESPACE.into(),
+            repository_prefix: "/var/lib/coracle/repositories".into(),
+            kubelet_root: "/var/lib/kubelet".into(),
+            per_node_concurrency: 2,
+            backoff_limit_per_index: 2,
+            ttl_seconds_after_finished: 86_400,
+            default_volume_timeout: "4h".into(),
+            default_ttl: "720h".into(),
+            job_image: "ghcr.io/coracle-dev/coracle-volume-job:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            nats_url: String::new(),
+            master_key_secret: "coracle-master-key".into(),
+            repository_credentials_secret: "coracle-repository-credentials".into(),
+            service_account: "coracle-volume-job".into(),
+            job_cpu_request: "100m".into(),
+            job_memory_request: "128Mi".into(),
+            job_cpu_limit: "2".into(),
+            job_memory_limit: "2Gi".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("ConfigMap {CONFIGMAP_NAME}: key {key}: {reason}")]
+pub struct SettingsError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Settings {
+    /// Reads the ConfigMap's `data`; unknown keys are ignored, missing keys keep their default.
+    pub fn from_configmap_data(data: &BTreeMap<String, String>) -> Result<Self, SettingsError> {
+        let mut s = Settings::default();
+        for (key, value) in data {
+            let int = |v: &str| {
+                v.trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| SettingsError {
+                        key: key.clone(),
+                        reason: format!("{v:?} is not a non-negative integer"),
+                    })
+            };
+            match key.as_str() {
+                "systemNamespace" => s.system_namespace = value.clone(),
+                "repositoryPrefix" => s.repository_prefix = value.trim_end_matches('/').to_string(),
+                "kubeletRoot" => s.kubelet_root = value.trim_end_matches('/').to_string(),
+                "perNodeConcurrency" => s.per_node_concurrency = int(value)?.max(1),
+                "backoffLimitPerIndex" => s.backoff_limit_per_index = int(value)?,
+                "ttlSecondsAfterFinished" => s.ttl_seconds_after_finished = int(value)?,
+                "defaultVolumeTimeout" => s.default_volume_timeout = value.clone(),
+                "defaultTtl" => s.default_ttl = value.clone(),
+                "jobImage" => s.job_image = value.clone(),
+                "imagePullPolicy" => s.image_pull_policy = value.clone(),
+                "natsUrl" => s.nats_url = value.clone(),
+                "masterKeySecret" => s.master_key_secret = value.clone(),
+                "repositoryCredentialsSecret" => s.repository_credentials_secret = value.clone(),
+                "serviceAccount" => s.service_account = value.clone(),
+                "jobCpuRequest" => s.job_cpu_request = value.clone(),
+                "jobMemoryRequest" => s.job_memory_request = value.clone(),
+                "jobCpuLimit" => s.job_cpu_limit = value.clone(),
+                "jobMemoryLimit" => s.job_memory_limit = value.clone(),
+                _ => {}
+            }
+        }
+        if !s.kubelet_root.starts_with('/') {
+            return Err(SettingsError {
+                key: "kubeletRoot".into(),
+                reason: "must be an absolute path".into(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// `<kubeletRoot>/pods`, the host directory the Jobs mount.
+    pub fn pods_root(&self) -> String {
+        format!("{}/pods", self.kubelet_root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configmap_overrides_defaults_and_rejects_bad_values() {
+        let data: BTreeMap<String, String> = [
+            ("kubeletRoot", "/opt/rke/var/lib/kubelet/"),
+            ("perNodeConcurrency", "4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = Settings::from_configmap_data(&data).expect("valid");
+        assert_eq!(s.pods_root(), "/opt/rke/var/lib/kubelet/pods");
+        assert_eq!(s.per_node_concurrency, 4);
+        assert_eq!(s.backoff_limit_per_index, 2);
+        let bad: BTreeMap<String, String> =
+            [("perNodeConcurrency".to_string(), "lots".to_string())].into();
+        let err = Settings::from_configmap_data(&bad).expect_err("invalid");
+        assert!(err.to_string().contains("perNodeConcurrency"), "{err}");
+    }
+}
