@@ -30,9 +30,7 @@ pub fn stream_config() -> stream::Config {
 
 /// Creates (or brings up to date) the stream and every KV bucket. Safe to run any number of times.
 pub async fn ensure(js: &jetstream::Context) -> Result<(), BootstrapError> {
-    js.create_or_update_stream(stream_config())
-        .await
-        .map_err(|e| BootstrapError::Stream(e.to_string()))?;
+    js.create_or_update_stream(stream_config()).await.map_err(|e| BootstrapError::Stream(e.to_string()))?;
     for bucket in subjects::KV_BUCKETS {
         ensure_bucket(js, bucket).await?;
     }
@@ -57,10 +55,7 @@ async fn ensure_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Stor
         Err(e) => js
             .get_key_value(bucket)
             .await
-            .map_err(|_| BootstrapError::Bucket {
-                bucket: bucket.to_string(),
-                reason: e.to_string(),
-            }),
+            .map_err(|_| BootstrapError::Bucket { bucket: bucket.to_string(), reason: e.to_string() }),
     }
 }
 

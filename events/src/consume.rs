@@ -110,21 +110,10 @@ where
     H: Fn(Delivery) -> Fut,
     Fut: Future<Output = Result<(), HandleError>>,
 {
-    let setup = |reason: String| ConsumeError::Setup {
-        function: opts.function.clone(),
-        reason,
-    };
-    let fetch_err = |reason: String| ConsumeError::Fetch {
-        function: opts.function.clone(),
-        reason,
-    };
-    crate::bootstrap::ensure(js)
-        .await
-        .map_err(|e| setup(e.to_string()))?;
-    let stream = js
-        .get_stream(subjects::STREAM)
-        .await
-        .map_err(|e| setup(e.to_string()))?;
+    let setup = |reason: String| ConsumeError::Setup { function: opts.function.clone(), reason };
+    let fetch_err = |reason: String| ConsumeError::Fetch { function: opts.function.clone(), reason };
+    crate::bootstrap::ensure(js).await.map_err(|e| setup(e.to_string()))?;
+    let stream = js.get_stream(subjects::STREAM).await.map_err(|e| setup(e.to_string()))?;
     let consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .create_consumer(pull::Config {
             durable_name: Some(opts.function.clone()),
@@ -203,10 +192,7 @@ where
         }
         if got == 0 && opts.drain {
             let mut consumer = consumer.clone();
-            let info = consumer
-                .info()
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?;
+            let info = consumer.info().await.map_err(|e| fetch_err(e.to_string()))?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(stats);
             }
@@ -215,24 +201,16 @@ where
 }
 
 /// Builds the dead letter for a delivery: the reason and as much of the payload as fits.
-pub fn dead_letter_event(
-    function: &str,
-    delivery: &Delivery,
-    reason: &str,
-) -> CloudEvent<DeadLetter> {
+pub fn dead_letter_event(function: &str, delivery: &Delivery, reason: &str) -> CloudEvent<DeadLetter> {
     let truncated = delivery.payload.len() > MAX_DLQ_PAYLOAD;
     let kept = &delivery.payload[..delivery.payload.len().min(MAX_DLQ_PAYLOAD)];
     let payload = if truncated {
         Value::String(String::from_utf8_lossy(kept).into_owned())
     } else {
-        serde_json::from_slice(kept)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(kept).into_owned()))
+        serde_json::from_slice(kept).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(kept).into_owned()))
     };
     CloudEvent::new(
-        format!(
-            "dlq-{function}-{}-{}",
-            delivery.stream_sequence, delivery.deliveries
-        ),
+        format!("dlq-{function}-{}-{}", delivery.stream_sequence, delivery.deliveries),
         function_source(function),
         Some(delivery.subject.clone()),
         DeadLetter {
@@ -254,13 +232,7 @@ async fn dead_letter(
     reason: &str,
 ) -> Result<(), crate::publish::PublishError> {
     tracing::warn!(%function, subject = %delivery.subject, %reason, "dead-lettering");
-    publisher
-        .publish_to(
-            &subjects::dlq(function),
-            &dead_letter_event(function, delivery, reason),
-        )
-        .await
-        .map(|_| ())
+    publisher.publish_to(&subjects::dlq(function), &dead_letter_event(function, delivery, reason)).await.map(|_| ())
 }
 
 #[cfg(test)]
@@ -288,15 +260,9 @@ mod tests {
         assert_eq!(ev.data.payload, serde_json::json!({"a": 1}));
         assert!(!ev.data.truncated);
         assert_eq!(ev.data.stream_sequence, Some(7));
-        let big = Delivery {
-            payload: Bytes::from(vec![b'x'; MAX_DLQ_PAYLOAD + 10]),
-            ..d
-        };
+        let big = Delivery { payload: Bytes::from(vec![b'x'; MAX_DLQ_PAYLOAD + 10]), ..d };
         let ev = dead_letter_event("plan-backup", &big, "too big");
         assert!(ev.data.truncated);
-        assert_eq!(
-            ev.data.payload.as_str().map(str::len),
-            Some(MAX_DLQ_PAYLOAD)
-        );
+        assert_eq!(ev.data.payload.as_str().map(str::len), Some(MAX_DLQ_PAYLOAD));
     }
 }

@@ -57,12 +57,7 @@ pub enum DecodeError {
 impl<T: EventData> CloudEvent<T> {
     /// A new event of this type with the given deterministic id. Ids are chosen by the caller
     /// so that re-publishing the same fact yields the same `Nats-Msg-Id` and is de-duplicated.
-    pub fn new(
-        id: impl Into<String>,
-        source: impl Into<String>,
-        subject: Option<String>,
-        data: T,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, source: impl Into<String>, subject: Option<String>, data: T) -> Self {
         CloudEvent {
             specversion: SPEC_VERSION.into(),
             id: id.into(),
@@ -99,27 +94,23 @@ impl CloudEvent<Value> {
                     let raw = base64::engine::general_purpose::STANDARD
                         .decode(b64.as_bytes())
                         .map_err(|e| DecodeError::Malformed(format!("data_base64: {e}")))?;
-                    let data = serde_json::from_slice(&raw)
-                        .unwrap_or(Value::String(String::from_utf8_lossy(&raw).into()));
+                    let data =
+                        serde_json::from_slice(&raw).unwrap_or(Value::String(String::from_utf8_lossy(&raw).into()));
                     obj.insert("data".into(), data);
                 }
-                Some(_) => {
-                    return Err(DecodeError::Malformed("data_base64 is not a string".into()))
-                }
+                Some(_) => return Err(DecodeError::Malformed("data_base64 is not a string".into())),
                 None => {
                     obj.insert("data".into(), Value::Null);
                 }
             }
         }
-        let ev: CloudEvent<Value> = serde_json::from_value(Value::Object(obj))
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let ev: CloudEvent<Value> =
+            serde_json::from_value(Value::Object(obj)).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if ev.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(ev.specversion));
         }
         if ev.id.is_empty() || ev.source.is_empty() || ev.ty.is_empty() {
-            return Err(DecodeError::Malformed(
-                "id, source and type must not be empty".into(),
-            ));
+            return Err(DecodeError::Malformed("id, source and type must not be empty".into()));
         }
         Ok(ev)
     }
@@ -127,24 +118,15 @@ impl CloudEvent<Value> {
     /// Checks the type (and its version) and decodes the data.
     pub fn into_typed<T: EventData>(self) -> Result<CloudEvent<T>, DecodeError> {
         if self.ty != T::TYPE {
-            let same_family =
-                strip_version(&self.ty).is_some_and(|f| Some(f) == strip_version(T::TYPE));
+            let same_family = strip_version(&self.ty).is_some_and(|f| Some(f) == strip_version(T::TYPE));
             return Err(if same_family {
-                DecodeError::UnknownVersion {
-                    got: self.ty,
-                    want: T::TYPE,
-                }
+                DecodeError::UnknownVersion { got: self.ty, want: T::TYPE }
             } else {
-                DecodeError::WrongType {
-                    got: self.ty,
-                    want: T::TYPE,
-                }
+                DecodeError::WrongType { got: self.ty, want: T::TYPE }
             });
         }
-        let data = serde_json::from_value(self.data).map_err(|e| DecodeError::BadData {
-            ty: self.ty.clone(),
-            reason: e.to_string(),
-        })?;
+        let data = serde_json::from_value(self.data)
+            .map_err(|e| DecodeError::BadData { ty: self.ty.clone(), reason: e.to_string() })?;
         Ok(CloudEvent {
             specversion: self.specversion,
             id: self.id,

@@ -36,10 +36,7 @@ impl Publisher {
     }
 
     /// Publishes a typed event on its own subject.
-    pub async fn publish<T: EventData>(
-        &self,
-        event: &CloudEvent<T>,
-    ) -> Result<Published, PublishError> {
+    pub async fn publish<T: EventData>(&self, event: &CloudEvent<T>) -> Result<Published, PublishError> {
         self.publish_to(T::SUBJECT, event).await
     }
 
@@ -52,17 +49,8 @@ impl Publisher {
         self.publish_raw(subject, &event.id, event.to_json()).await
     }
 
-    pub async fn publish_raw(
-        &self,
-        subject: &str,
-        id: &str,
-        payload: Vec<u8>,
-    ) -> Result<Published, PublishError> {
-        let err = |reason: String| PublishError {
-            subject: subject.to_string(),
-            id: id.to_string(),
-            reason,
-        };
+    pub async fn publish_raw(&self, subject: &str, id: &str, payload: Vec<u8>) -> Result<Published, PublishError> {
+        let err = |reason: String| PublishError { subject: subject.to_string(), id: id.to_string(), reason };
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
         let ack = self
@@ -72,9 +60,6 @@ impl Publisher {
             .map_err(|e| err(e.to_string()))?
             .await
             .map_err(|e| err(e.to_string()))?;
-        Ok(Published {
-            duplicate: ack.duplicate,
-            sequence: ack.sequence,
-        })
+        Ok(Published { duplicate: ack.duplicate, sequence: ack.sequence })
     }
 }

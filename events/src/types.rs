@@ -48,11 +48,7 @@ pub struct BackupRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
 }
-event_type!(
-    BackupRequest,
-    "dev.coracle.backup.requested.v1",
-    subjects::BACKUP_REQUESTED
-);
+event_type!(BackupRequest, "dev.coracle.backup.requested.v1", subjects::BACKUP_REQUESTED);
 
 /// Names one backup everywhere a result refers to it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -128,11 +124,7 @@ pub struct BackupPlanned {
     pub jobs: Vec<String>,
     pub expires: DateTime<Utc>,
 }
-event_type!(
-    BackupPlanned,
-    "dev.coracle.backup.planned.v1",
-    subjects::BACKUP_PLANNED
-);
+event_type!(BackupPlanned, "dev.coracle.backup.planned.v1", subjects::BACKUP_PLANNED);
 
 /// `coracle.volume.backup.progress`, at most once a second per volume.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -150,11 +142,7 @@ pub struct VolumeBackupProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds_remaining: Option<u64>,
 }
-event_type!(
-    VolumeBackupProgress,
-    "dev.coracle.volume.backup.progress.v1",
-    subjects::VOLUME_BACKUP_PROGRESS
-);
+event_type!(VolumeBackupProgress, "dev.coracle.volume.backup.progress.v1", subjects::VOLUME_BACKUP_PROGRESS);
 
 /// Figures of one finished `restic backup`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -185,11 +173,7 @@ pub struct VolumeBackupCompleted {
     #[serde(default)]
     pub attempt: u32,
 }
-event_type!(
-    VolumeBackupCompleted,
-    "dev.coracle.volume.backup.completed.v1",
-    subjects::VOLUME_BACKUP_COMPLETED
-);
+event_type!(VolumeBackupCompleted, "dev.coracle.volume.backup.completed.v1", subjects::VOLUME_BACKUP_COMPLETED);
 
 /// `coracle.volume.backup.failed`. `final` is false while the Job will retry this index; only
 /// a final failure marks the volume Failed in the record.
@@ -204,11 +188,7 @@ pub struct VolumeBackupFailed {
     #[serde(rename = "final", default = "yes")]
     pub is_final: bool,
 }
-event_type!(
-    VolumeBackupFailed,
-    "dev.coracle.volume.backup.failed.v1",
-    subjects::VOLUME_BACKUP_FAILED
-);
+event_type!(VolumeBackupFailed, "dev.coracle.volume.backup.failed.v1", subjects::VOLUME_BACKUP_FAILED);
 
 fn yes() -> bool {
     true
@@ -245,11 +225,7 @@ pub struct BackupCompleted {
     #[serde(default)]
     pub failures: Vec<VolumeFailure>,
 }
-event_type!(
-    BackupCompleted,
-    "dev.coracle.backup.completed.v1",
-    subjects::BACKUP_COMPLETED
-);
+event_type!(BackupCompleted, "dev.coracle.backup.completed.v1", subjects::BACKUP_COMPLETED);
 
 /// `coracle.dlq.<function>`: an event a function could not handle, with the reason and the
 /// original payload (truncated past `MAX_DLQ_PAYLOAD`; the stream sequence finds the rest).
@@ -267,11 +243,7 @@ pub struct DeadLetter {
     #[serde(default)]
     pub truncated: bool,
 }
-event_type!(
-    DeadLetter,
-    "dev.coracle.dlq.deadlettered.v1",
-    subjects::DLQ_PREFIX
-);
+event_type!(DeadLetter, "dev.coracle.dlq.deadlettered.v1", subjects::DLQ_PREFIX);
 
 pub const MAX_DLQ_PAYLOAD: usize = 64 * 1024;
 

@@ -78,14 +78,10 @@ impl Settings {
         let mut s = Settings::default();
         for (key, value) in data {
             let int = |v: &str| {
-                v.trim()
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| SettingsError {
-                        key: key.clone(),
-                        reason: format!("{v:?} is not a non-negative integer"),
-                    })
+                v.trim().parse::<i32>().ok().filter(|n| *n >= 0).ok_or_else(|| SettingsError {
+                    key: key.clone(),
+                    reason: format!("{v:?} is not a non-negative integer"),
+                })
             };
             match key.as_str() {
                 "systemNamespace" => s.system_namespace = value.clone(),
@@ -110,10 +106,7 @@ impl Settings {
             }
         }
         if !s.kubelet_root.starts_with('/') {
-            return Err(SettingsError {
-                key: "kubeletRoot".into(),
-                reason: "must be an absolute path".into(),
-            });
+            return Err(SettingsError { key: "kubeletRoot".into(), reason: "must be an absolute path".into() });
         }
         Ok(s)
     }
@@ -130,19 +123,16 @@ mod tests {
 
     #[test]
     fn configmap_overrides_defaults_and_rejects_bad_values() {
-        let data: BTreeMap<String, String> = [
-            ("kubeletRoot", "/opt/rke/var/lib/kubelet/"),
-            ("perNodeConcurrency", "4"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let data: BTreeMap<String, String> =
+            [("kubeletRoot", "/opt/rke/var/lib/kubelet/"), ("perNodeConcurrency", "4")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         let s = Settings::from_configmap_data(&data).expect("valid");
         assert_eq!(s.pods_root(), "/opt/rke/var/lib/kubelet/pods");
         assert_eq!(s.per_node_concurrency, 4);
         assert_eq!(s.backoff_limit_per_index, 2);
-        let bad: BTreeMap<String, String> =
-            [("perNodeConcurrency".to_string(), "lots".to_string())].into();
+        let bad: BTreeMap<String, String> = [("perNodeConcurrency".to_string(), "lots".to_string())].into();
         let err = Settings::from_configmap_data(&bad).expect_err("invalid");
         assert!(err.to_string().contains("perNodeConcurrency"), "{err}");
     }
