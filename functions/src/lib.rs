@@ -1,5 +1,18 @@
 //! Coracle's functions: pure planners over a snapshot of cluster objects, and the thin
 //! adapters (Kubernetes, NATS, Lambda) that feed them and carry out their plans.
 
+pub mod cli;
+pub mod context;
+pub mod duration;
+pub mod handlers;
+pub mod jobs;
+pub mod kube_cluster;
+pub mod objects;
+pub mod plan_backup;
+pub mod record;
+pub mod record_store;
+pub mod request;
+pub mod runner;
+pub mod selector;
 pub mod settings;
 pub mod snapshot;

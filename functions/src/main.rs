@@ -1,1 +1,206 @@
-fn main() {}
+//! `coracle`: the command-line interface, the function runner and (later) the HTTPS server.
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand, ValueEnum};
+use coracle_functions::context::{Context, Nats};
+use coracle_functions::handlers::Function;
+use coracle_functions::{cli, runner};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "coracle",
+    version,
+    about = "Back up and restore Kubernetes pod volumes with restic, driven by events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan offline from a dump of cluster objects.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Prepare infrastructure.
+    #[command(subcommand)]
+    Setup(SetupCommand),
+    /// Run one function: once on an event, as a NATS consumer, or under AWS Lambda.
+    Fn(FnArgs),
+    /// Inspect backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Which volumes a backup request would back up, and which it skips and why.
+    Backup {
+        /// Multi-document YAML of cluster objects (pods, PVCs, PVs, namespaces, ReplicaSets, coracle-config).
+        #[arg(long)]
+        objects: PathBuf,
+        /// The request (JSON or YAML), bare or as a whole coracle.backup.requested CloudEvent.
+        #[arg(long)]
+        request: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Json)]
+        output: PlanOutput,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanOutput {
+    Json,
+    Yaml,
+    /// The Jobs, as multi-document YAML ready for `kubectl apply -f -`.
+    Jobs,
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Create or update the CORACLE stream and the KV buckets (idempotent).
+    Nats {
+        #[arg(long, env = "CORACLE_NATS_URL")]
+        nats: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct FnArgs {
+    #[arg(value_enum)]
+    function: Function,
+    /// Handle one event from a file (`-` for standard input) and exit.
+    #[arg(long, conflicts_with_all = ["drain", "lambda"])]
+    event: Option<String>,
+    /// NATS server; without --event, consume the function's durable consumer.
+    #[arg(long, env = "CORACLE_NATS_URL")]
+    nats: Option<String>,
+    /// Exit once the consumer is idle (KEDA ScaledJob / CronJob runs).
+    #[arg(long)]
+    drain: bool,
+    /// Serve AWS Lambda invocations (also chosen when AWS_LAMBDA_RUNTIME_API is set).
+    #[arg(long)]
+    lambda: bool,
+    /// Namespace of Coracle's ConfigMap, Secret and Jobs.
+    #[arg(long, env = "CORACLE_SYSTEM_NAMESPACE", default_value = coracle_functions::settings::DEFAULT_SYSTEM_NAMESPACE)]
+    system_namespace: String,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// List backups.
+    Get {
+        #[arg(long, env = "CORACLE_NATS_URL")]
+        nats: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Table)]
+        output: cli::Format,
+    },
+    /// Show one backup's record: every volume with its snapshot, bytes, files, duration, warnings.
+    Describe {
+        name: String,
+        #[arg(long, env = "CORACLE_NATS_URL")]
+        nats: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Table)]
+        output: cli::Format,
+    },
+}
+
+fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
+    if path == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {path}"))
+    }
+}
+
+async fn kube_client() -> Option<kube::Client> {
+    match kube::Client::try_default().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!(error = %e, "no Kubernetes client configured");
+            None
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,async_nats=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Plan(PlanCommand::Backup { objects, request, output }) => {
+            let snapshot = coracle_functions::objects::load_snapshot(&objects)?;
+            let request = coracle_functions::request::parse_backup_request(&read_input(&request.to_string_lossy())?)
+                .with_context(|| format!("reading request {}", request.display()))?;
+            let out = match output {
+                PlanOutput::Json => cli::plan_json(&request, &snapshot)?,
+                PlanOutput::Yaml => cli::plan_yaml(&request, &snapshot)?,
+                PlanOutput::Jobs => cli::plan_jobs_yaml(&request, &snapshot)?,
+            };
+            print!("{out}");
+        }
+        Command::Setup(SetupCommand::Nats { nats }) => {
+            Nats::connect(&nats).await?;
+            println!("stream {} and KV buckets are ready", coracle_events::subjects::STREAM);
+        }
+        Command::Fn(args) => return run_function(args).await,
+        Command::Backup(BackupCommand::Get { nats, output }) => {
+            let n = Nats::connect(&nats).await?;
+            print!("{}", cli::backups_list(&n.records.list().await?, output)?);
+        }
+        Command::Backup(BackupCommand::Describe { name, nats, output }) => {
+            let n = Nats::connect(&nats).await?;
+            let Some((record, _)) = n.records.get(&name).await? else { bail!("no backup named {name}") };
+            print!("{}", cli::backup_describe(&record, output)?);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_function(args: FnArgs) -> anyhow::Result<std::process::ExitCode> {
+    let nats = match &args.nats {
+        Some(url) => Some(Nats::connect(url).await?),
+        None => None,
+    };
+    let ctx = Arc::new(Context::new(kube_client().await, nats, &args.system_namespace));
+    if let Some(path) = &args.event {
+        let payload = read_input(path)?;
+        let emitted = runner::once(&ctx, args.function, &payload).await?;
+        for event in emitted {
+            println!("{}", serde_json::to_string(&event)?);
+        }
+    } else if args.lambda || std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        runner::lambda(ctx, args.function).await?;
+    } else if ctx.nats.is_some() {
+        let stats = runner::nats(ctx, args.function, args.drain).await?;
+        eprintln!(
+            "{}: handled {}, retried {}, dead-lettered {}",
+            args.function.name(),
+            stats.handled,
+            stats.retried,
+            stats.dead_lettered
+        );
+    } else {
+        bail!("give --event FILE, --nats URL or --lambda");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,315 @@
+//! How a backup Job looks: one Indexed Job per (backup, node), one index per volume.
+//!
+//! Pure: builds `batch/v1` Job objects from a plan; creating them is the Kubernetes adapter's job.
+//! Names are derived from the backup uid and the node so a duplicated request maps onto the
+//! same Job (AlreadyExists is success). No secret value is ever placed in the spec: the master
+//! key and repository credentials are referenced by Secret name only.
+
+use crate::settings::Settings;
+use coracle_events::{BackupRef, PlannedVolume};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HostPathVolumeSource,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SecretEnvSource, SecretKeySelector, SecurityContext, Toleration,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where the node's kubelet pods directory is mounted inside a Job's container.
+pub const PODS_MOUNT: &str = "/host/pods";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_BACKUP_UID: &str = "coracle.dev/backup-uid";
+pub const LABEL_OPERATION: &str = "coracle.dev/operation";
+pub const ANNOTATION_BACKUP_NAME: &str = "coracle.dev/backup-name";
+pub const ANNOTATION_NODE: &str = "coracle.dev/node";
+/// Set by Kubernetes on pods of Jobs with `backoffLimitPerIndex`; tells the binary its attempt.
+const INDEX_FAILURE_COUNT: &str = "metadata.annotations['batch.kubernetes.io/job-index-failure-count']";
+
+/// Deterministic Job name for one backup on one node (a DNS label, ≤ 63 characters).
+pub fn backup_job_name(backup_uid: &str, node: &str) -> String {
+    let digest = Sha256::digest(format!("{backup_uid}/{node}").as_bytes());
+    format!("coracle-backup-{}", &hex::encode(digest)[..20])
+}
+
+/// The Jobs for a plan, one per node, ordered by node name.
+pub fn backup_jobs(
+    backup: &BackupRef,
+    volumes: &[PlannedVolume],
+    volume_timeout: Duration,
+    settings: &Settings,
+) -> Vec<Job> {
+    let mut by_node: BTreeMap<&str, Vec<&PlannedVolume>> = BTreeMap::new();
+    for v in volumes {
+        by_node.entry(v.node.as_str()).or_default().push(v);
+    }
+    by_node.into_iter().map(|(node, vols)| backup_job(backup, node, &vols, volume_timeout, settings)).collect()
+}
+
+fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeout: Duration, s: &Settings) -> Job {
+    let name = backup_job_name(&backup.uid, node);
+    let count = i32::try_from(volumes.len()).unwrap_or(i32::MAX);
+    let parallelism = s.per_node_concurrency.clamp(1, count.max(1));
+    let per_volume = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX).max(60);
+    // The Job as a whole may take as many rounds as the parallelism needs, each possibly retried.
+    let rounds = i64::from((count + parallelism - 1) / parallelism);
+    let job_deadline = per_volume.saturating_mul(rounds).saturating_mul(i64::from(s.backoff_limit_per_index) + 1);
+    let volumes_json = serde_json::to_string(volumes).unwrap_or_else(|_| "[]".into());
+
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "coracle".to_string()),
+        (LABEL_BACKUP_UID.to_string(), backup.uid.clone()),
+        (LABEL_OPERATION.to_string(), "backup".to_string()),
+    ]);
+    let annotations = BTreeMap::from([
+        (ANNOTATION_BACKUP_NAME.to_string(), backup.name.clone()),
+        (ANNOTATION_NODE.to_string(), node.to_string()),
+    ]);
+    let mut env = vec![
+        env_value("CORACLE_BACKUP_NAME", &backup.name),
+        env_value("CORACLE_BACKUP_UID", &backup.uid),
+        env_value("CORACLE_JOB_NAME", &name),
+        env_value("CORACLE_VOLUMES", &volumes_json),
+        env_value("CORACLE_PODS_ROOT", PODS_MOUNT),
+        env_value("CORACLE_REPOSITORY_PREFIX", &s.repository_prefix),
+        env_value("CORACLE_BACKOFF_LIMIT_PER_INDEX", &s.backoff_limit_per_index.to_string()),
+        env_value("RESTIC_CACHE_DIR", "/cache"),
+        EnvVar {
+            name: "CORACLE_ATTEMPT".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: INDEX_FAILURE_COUNT.into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "CORACLE_MASTER_KEY".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: s.master_key_secret.clone(),
+                    key: "key".into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if !s.nats_url.is_empty() {
+        env.push(env_value("CORACLE_NATS_URL", &s.nats_url));
+    }
+    let env_from = (!s.repository_credentials_secret.is_empty()).then(|| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: s.repository_credentials_secret.clone(), optional: Some(true) }),
+            ..Default::default()
+        }]
+    });
+    let quantity = |q: &str| Quantity(q.to_string());
+    let container = Container {
+        name: "backup".into(),
+        image: Some(s.job_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec!["coracle-volume-job".into(), "backup".into()]),
+        env: Some(env),
+        env_from,
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_request)),
+                ("memory".to_string(), quantity(&s.job_memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_limit)),
+                ("memory".to_string(), quantity(&s.job_memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        // Root with only DAC_READ_SEARCH: enough to read files of any owner, nothing else.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["DAC_READ_SEARCH".into()]),
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "pods".into(),
+                mount_path: PODS_MOUNT.into(),
+                read_only: Some(true),
+                mount_propagation: Some("HostToContainer".into()),
+                ..Default::default()
+            },
+            VolumeMount { name: "cache".into(), mount_path: "/cache".into(), ..Default::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let pod_spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(s.service_account.clone()),
+        // The Job talks to restic and NATS, never to the API server.
+        automount_service_account_token: Some(false),
+        active_deadline_seconds: Some(per_volume),
+        affinity: Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/hostname".into(),
+                            operator: "In".into(),
+                            values: Some(vec![node.to_string()]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // The volume's pod runs on this node whatever its taints; the Job must too.
+        tolerations: Some(vec![Toleration { operator: Some("Exists".into()), ..Default::default() }]),
+        security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume {
+                name: "pods".into(),
+                host_path: Some(HostPathVolumeSource { path: s.pods_root(), type_: Some("Directory".into()) }),
+                ..Default::default()
+            },
+            Volume { name: "cache".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+            Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(s.system_namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            completion_mode: Some("Indexed".into()),
+            completions: Some(count),
+            parallelism: Some(parallelism),
+            backoff_limit_per_index: Some(s.backoff_limit_per_index),
+            active_deadline_seconds: Some(job_deadline),
+            ttl_seconds_after_finished: Some(s.ttl_seconds_after_finished),
+            // A replacement pod starts only once the failed one is gone: never two writers.
+            pod_replacement_policy: Some("Failed".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coracle_events::VolumeSource;
+
+    fn volume(pod: &str, node: &str) -> PlannedVolume {
+        PlannedVolume {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            pod_uid: "0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11".into(),
+            volume: "data".into(),
+            node: node.into(),
+            source: VolumeSource::EmptyDir,
+            pvc: None,
+            pvc_uid: None,
+            pv: None,
+            dir: "data".into(),
+            identity: format!("pod/{pod}/data"),
+        }
+    }
+
+    fn backup() -> BackupRef {
+        BackupRef { name: "nightly".into(), uid: "5e1c0a52-8f0e-4d55-9d0c-3b1f4f3c7d10".into() }
+    }
+
+    #[test]
+    fn one_indexed_job_per_node_with_deterministic_names() {
+        let vols = [volume("a", "node-1"), volume("b", "node-2"), volume("c", "node-1")];
+        let s = Settings::default();
+        let jobs = backup_jobs(&backup(), &vols, Duration::from_secs(3600), &s);
+        assert_eq!(jobs.len(), 2);
+        let again = backup_jobs(&backup(), &vols, Duration::from_secs(3600), &s);
+        assert_eq!(jobs, again);
+        let j1 = &jobs[0];
+        assert_eq!(j1.metadata.name.as_deref(), Some(backup_job_name(&backup().uid, "node-1").as_str()));
+        assert!(j1.metadata.name.as_deref().is_some_and(|n| n.len() <= 63));
+        let spec = j1.spec.as_ref().expect("spec");
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.completions, Some(2));
+        assert_eq!(spec.parallelism, Some(2));
+        assert_eq!(spec.backoff_limit_per_index, Some(2));
+        // Two volumes at concurrency 2 is one round, three attempts.
+        assert_eq!(spec.active_deadline_seconds, Some(3600 * 3));
+        let pod = spec.template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod.active_deadline_seconds, Some(3600));
+        let term = &pod.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()).expect("affinity");
+        let values =
+            &term.required_during_scheduling_ignored_during_execution.as_ref().expect("required").node_selector_terms
+                [0]
+            .match_expressions
+            .as_ref()
+            .expect("expr")[0];
+        assert_eq!(values.key, "kubernetes.io/hostname");
+        assert_eq!(values.values.as_deref(), Some(&["node-1".to_string()][..]));
+        let host = pod.volumes.as_ref().expect("volumes")[0].host_path.as_ref().expect("hostPath");
+        assert_eq!(host.path, "/var/lib/kubelet/pods");
+        let mount = &pod.containers[0].volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!(mount.read_only, Some(true));
+        assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+        let env = pod.containers[0].env.as_ref().expect("env");
+        let vols_env = env.iter().find(|e| e.name == "CORACLE_VOLUMES").and_then(|e| e.value.as_deref());
+        let parsed: Vec<PlannedVolume> = serde_json::from_str(vols_env.expect("volumes env")).expect("json");
+        assert_eq!(parsed.iter().map(|v| v.pod.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn no_secret_value_in_the_spec_and_concurrency_is_capped_by_volume_count() {
+        let s = Settings { per_node_concurrency: 4, ..Settings::default() };
+        let jobs = backup_jobs(&backup(), &[volume("a", "n")], Duration::from_secs(60), &s);
+        let spec = jobs[0].spec.as_ref().expect("spec");
+        assert_eq!(spec.parallelism, Some(1));
+        let env = spec.template.spec.as_ref().expect("pod").containers[0].env.as_ref().expect("env");
+        let key = env.iter().find(|e| e.name == "CORACLE_MASTER_KEY").expect("master key env");
+        assert!(key.value.is_none(), "the master key must be referenced, never inlined");
+        assert_eq!(
+            key.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).map(|r| r.name.as_str()),
+            Some("coracle-master-key")
+        );
+    }
+}

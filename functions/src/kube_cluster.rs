@@ -1,0 +1,120 @@
+//! The Kubernetes adapter: reads the snapshot a planner needs with one paginated LIST per
+//! namespace and kind (never one GET per pod), and creates Jobs idempotently.
+
+use crate::settings::{Settings, CONFIGMAP_NAME};
+use crate::snapshot::ClusterSnapshot;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::Client;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+
+const PAGE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Settings(#[from] crate::settings::SettingsError),
+}
+
+impl KubeError {
+    /// Errors worth retrying: the API server unreachable, overloaded or failing.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            KubeError::Api { source: kube::Error::Api(status), .. } => {
+                status.code >= 500 || status.code == 429 || status.code == 403 || status.code == 401
+            }
+            KubeError::Api { .. } => true,
+            KubeError::Settings(_) => false,
+        }
+    }
+}
+
+fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
+    let action = action.into();
+    move |source| KubeError::Api { action, source }
+}
+
+/// Lists every object of a kind in one paginated LIST.
+async fn list_all<K>(api: Api<K>, what: &str, label_selector: Option<&str>) -> Result<Vec<K>, KubeError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug,
+{
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    if let Some(sel) = label_selector {
+        params = params.labels(sel);
+    }
+    loop {
+        let page = api.list(&params).await.map_err(api_err(format!("listing {what}")))?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Reads Coracle's settings from its ConfigMap; defaults when it does not exist.
+pub async fn settings(client: &Client, system_namespace: &str) -> Result<Settings, KubeError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), system_namespace);
+    let cm = api.get_opt(CONFIGMAP_NAME).await.map_err(api_err(format!("reading ConfigMap {CONFIGMAP_NAME}")))?;
+    let mut settings = match cm.and_then(|c| c.data) {
+        Some(data) => Settings::from_configmap_data(&data)?,
+        None => Settings::default(),
+    };
+    settings.system_namespace = system_namespace.to_string();
+    Ok(settings)
+}
+
+/// The snapshot for a backup of `namespaces` (empty: every namespace).
+pub async fn backup_snapshot(
+    client: &Client,
+    settings: Settings,
+    namespaces: &[String],
+    label_selector: Option<&str>,
+) -> Result<ClusterSnapshot, KubeError> {
+    let all_ns: Vec<Namespace> = list_all(Api::all(client.clone()), "namespaces", None).await?;
+    let wanted: Vec<String> = if namespaces.is_empty() || namespaces.iter().any(|n| n == "*") {
+        all_ns.iter().filter_map(|n| n.metadata.name.clone()).collect()
+    } else {
+        namespaces.to_vec()
+    };
+    let mut snap = ClusterSnapshot { namespaces: all_ns, settings, ..Default::default() };
+    snap.pvs = list_all(Api::<PersistentVolume>::all(client.clone()), "persistentvolumes", None).await?;
+    for ns in &wanted {
+        let pods: Vec<Pod> =
+            list_all(Api::namespaced(client.clone(), ns), &format!("pods in {ns}"), label_selector).await?;
+        if pods.is_empty() {
+            continue;
+        }
+        snap.pods.extend(pods);
+        let pvcs: Vec<PersistentVolumeClaim> =
+            list_all(Api::namespaced(client.clone(), ns), &format!("persistentvolumeclaims in {ns}"), None).await?;
+        snap.pvcs.extend(pvcs);
+        let rs: Vec<ReplicaSet> =
+            list_all(Api::namespaced(client.clone(), ns), &format!("replicasets in {ns}"), None).await?;
+        snap.replica_sets.extend(rs);
+    }
+    Ok(snap)
+}
+
+/// Creates a Job; one that exists already (a duplicated request) counts as created.
+pub async fn create_job(client: &Client, job: &Job) -> Result<bool, KubeError> {
+    let ns = job.metadata.namespace.as_deref().unwrap_or("default");
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    match api.create(&PostParams::default(), job).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(api_err(format!("creating Job {ns}/{name}"))(e)),
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command (README): installs what is missing, then runs every test of the workspace
+# against a real nats-server and a real restic.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test: cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+bash scripts/install-tools.sh
+export PATH="$root/.tools/bin:$PATH"
+cargo build --workspace --bins --quiet
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast
+fi
