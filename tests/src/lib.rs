@@ -1,1 +1,12 @@
+//! Test support for the Coracle workspace: a simulated Kubernetes API server ([`sim`]), a real nats-server
+//! with JetStream ([`nats`]), and an AWS Lambda Runtime API emulator ([`lambda`]), and process
+//! helpers ([`process`]).
 
+pub mod binaries;
+pub mod kubelet;
+pub mod lambda;
+pub mod nats;
+pub mod process;
+pub mod sim;
+
+mod server_thread;

@@ -1,0 +1,338 @@
+//! The backup path end to end, with real parts: a real nats-server, real restic, the real
+//! `coracle` and `coracle-volume-job` binaries, and the simulated Kubernetes API over HTTP.
+//!
+//! backup.requested → plan-backup (NATS consumer) → Jobs in the API → each index run as a
+//! process against a kubelet pods tree holding real files (CSI PV with `mount/`, emptyDir,
+//! NFS PV) → snapshots in per-namespace repositories → progress and completion events →
+//! record-result → exactly one backup.completed. Then duplicates, then a re-created pod.
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer::pull};
+use base64::Engine;
+use coracle_events::publish::Publisher;
+use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent, VolumeBackupProgress};
+use coracle_functions::jobs::backup_job_name;
+use coracle_tests::binaries::{scratch_dir, workspace_bin};
+use coracle_tests::kubelet::{Kubelet, Node};
+use coracle_tests::nats::{tools_path, NatsServer};
+use coracle_tests::sim::SimServer;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const WEB_UID: &str = "3e9f6a52-5555-4555-8555-000000000001";
+const WEB_UID_2: &str = "3e9f6a52-5555-4555-8555-000000000003";
+const FILES_UID: &str = "3e9f6a52-5555-4555-8555-000000000002";
+const WEB_PV: &str = "pvc-3f1c9b52-web-data";
+const WEB_PVC_UID: &str = "7a4b0a11-2222-4222-8222-000000000001";
+
+struct Flow {
+    nats: NatsServer,
+    sim: SimServer,
+    tmp: tempfile::TempDir,
+    repos: PathBuf,
+    kubeconfig: PathBuf,
+    master_key: String,
+    kubelet: Kubelet,
+}
+
+fn write(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().context("no parent")?)?;
+    std::fs::write(path, content)?;
+    Ok(())
+}
+
+impl Flow {
+    async fn start() -> anyhow::Result<Flow> {
+        let nats = NatsServer::start()?;
+        let tmp = scratch_dir("backup-flow")?;
+        let repos = tmp.path().join("repos");
+        let master_key = hex::encode(uuid::Uuid::new_v4().as_bytes()) + &hex::encode(uuid::Uuid::new_v4().as_bytes());
+        let objects = include_str!("../fixtures/backup-flow.yaml")
+            .replace("__REPOS__", &repos.display().to_string())
+            .replace("__NATS__", &nats.url())
+            .replace("__MASTER_KEY_B64__", &base64::engine::general_purpose::STANDARD.encode(&master_key));
+        let sim = SimServer::start(&objects).await?;
+        let kubeconfig = tmp.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig)?;
+        let nodes: Vec<Node> = ["node-1", "node-2"]
+            .iter()
+            .map(|n| Node { name: n.to_string(), kubelet_root: tmp.path().join("nodes").join(n).join("kubelet") })
+            .collect();
+        // The volumes as the kubelet lays them out, with real files.
+        let n1 = nodes[0].pods_root().join(WEB_UID).join("volumes");
+        write(&n1.join(format!("kubernetes.io~csi/{WEB_PV}/mount/index.html")), "<h1>shop</h1>\n")?;
+        write(&n1.join(format!("kubernetes.io~csi/{WEB_PV}/mount/assets/app.js")), &"console.log(1);\n".repeat(500))?;
+        write(
+            &n1.join(format!("kubernetes.io~csi/{WEB_PV}/vol_data.json")),
+            "{\"driverName\":\"hostpath.csi.k8s.io\"}",
+        )?;
+        write(&n1.join("kubernetes.io~empty-dir/cache/entry-1"), "cached page\n")?;
+        let n2 = nodes[1].pods_root().join(FILES_UID).join("volumes");
+        write(&n2.join("kubernetes.io~nfs/nfs-media-share/movies/list.txt"), "heat\nronin\n")?;
+
+        let kubelet = Kubelet {
+            client: sim.client()?,
+            nodes,
+            bin_dir: workspace_bin("coracle-volume-job")?.parent().context("bin dir")?.to_path_buf(),
+            extra_env: vec![("PATH".into(), tools_path()), ("RUST_LOG".into(), "info".into())],
+            scratch: tmp.path().join("pods-scratch"),
+        };
+        Ok(Flow { nats, sim, tmp, repos, kubeconfig, master_key, kubelet })
+    }
+
+    fn coracle(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(workspace_bin("coracle")?)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", tools_path())
+            .output()
+            .context("running coracle")?;
+        if !out.status.success() {
+            bail!("coracle {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn drain(&self, function: &str) -> anyhow::Result<String> {
+        self.coracle(&["fn", function, "--nats", &self.nats.url(), "--drain"])
+    }
+
+    async fn js(&self) -> anyhow::Result<jetstream::Context> {
+        Ok(jetstream::new(async_nats::connect(self.nats.url()).await?))
+    }
+
+    async fn request(&self, name: &str, event_id: &str) -> anyhow::Result<()> {
+        let request = BackupRequest { name: name.into(), ..Default::default() };
+        let event = CloudEvent::new(event_id, "/tests/backup-flow", Some(name.to_string()), request);
+        Publisher::new(self.js().await?).publish(&event).await?;
+        Ok(())
+    }
+
+    async fn jobs(&self) -> anyhow::Result<Vec<Job>> {
+        self.sim.store().list_as::<Job>(Some("coracle-system"))
+    }
+
+    async fn run_jobs_of(&self, backup_uid: &str) -> anyhow::Result<()> {
+        for job in self.jobs().await? {
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            if labels.get("coracle.dev/backup-uid").map(String::as_str) != Some(backup_uid) {
+                continue;
+            }
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let run = self.kubelet.run_job("coracle-system", &name).await?;
+            for index in &run.indexes {
+                if index.exit_code != 0 {
+                    bail!("{name} index {} failed: {}\n{}", index.index, index.termination_message, index.stderr);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.coracle(&[
+            "backup",
+            "describe",
+            name,
+            "--nats",
+            &self.nats.url(),
+            "-o",
+            "json",
+        ])?)?)
+    }
+
+    fn restic(&self, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
+        let password = coracle_volume_job::namespace_password(self.master_key.as_bytes(), namespace, 1);
+        let out = Command::new("restic")
+            .env("PATH", tools_path())
+            .env("RESTIC_PASSWORD", password)
+            .arg("-r")
+            .arg(self.repos.join(namespace))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn snapshots(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
+        Ok(serde_json::from_str(&self.restic(namespace, &["snapshots", "--json"])?)?)
+    }
+}
+
+/// Every message stored on a subject, in order.
+async fn messages(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let stream = js.get_stream(subjects::STREAM).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    loop {
+        let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_millis(300)).messages().await?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            out.push(m.map_err(|e| anyhow::anyhow!("{e}"))?.payload.to_vec());
+            got += 1;
+        }
+        if got == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+fn tags(snapshot: &Value) -> BTreeMap<String, String> {
+    snapshot["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow::Result<()> {
+    let flow = Flow::start().await?;
+    flow.coracle(&["setup", "nats", "--nats", &flow.nats.url()])?;
+    let js = flow.js().await?;
+
+    // 1. The request, planned by the NATS-driven function.
+    flow.request("nightly", "req-nightly").await?;
+    flow.sim.clear_requests();
+    flow.drain("plan-backup")?;
+    let jobs = flow.jobs().await?;
+    assert_eq!(jobs.len(), 2, "one Job per node");
+    let planned = messages(&js, subjects::BACKUP_PLANNED).await?;
+    assert_eq!(planned.len(), 1);
+    let planned: Value = serde_json::from_slice(&planned[0])?;
+    let uid = planned["data"]["backup"]["uid"].as_str().context("uid")?.to_string();
+    assert_eq!(planned["data"]["volumes"].as_array().map(Vec::len), Some(3));
+    let names: Vec<String> = jobs.iter().filter_map(|j| j.metadata.name.clone()).collect();
+    assert!(names.contains(&backup_job_name(&uid, "node-1")) && names.contains(&backup_job_name(&uid, "node-2")));
+    // Pods were listed per namespace, never fetched one by one.
+    let requests = flow.sim.requests();
+    assert!(requests.iter().any(|r| r.is_list_of("pods")));
+    assert!(!requests.iter().any(|r| r.is_get_of("pods")), "no GET per pod");
+    let node1 = jobs.iter().find(|j| j.metadata.name.as_deref() == Some(backup_job_name(&uid, "node-1").as_str()));
+    let spec = node1.and_then(|j| j.spec.clone()).context("node-1 job spec")?;
+    assert_eq!((spec.completions, spec.parallelism, spec.backoff_limit_per_index), (Some(2), Some(2), Some(1)));
+    let spec_text = serde_json::to_string(&spec)?;
+    assert!(!spec_text.contains(&flow.master_key), "the master key never appears in a Job spec");
+
+    // 2. The Jobs run on their nodes; results are recorded.
+    flow.run_jobs_of(&uid).await?;
+    flow.drain("record-result")?;
+    let record = flow.describe("nightly")?;
+    assert_eq!(record["phase"], "Completed", "{record:#}");
+    let vols = record["volumes"].as_object().context("volumes")?;
+    assert_eq!(vols.len(), 3);
+    assert!(vols.values().all(|v| v["status"] == "Completed" && v["snapshotId"].is_string()), "{record:#}");
+
+    // Snapshots with Coracle's tags, in per-namespace repositories, holding the files at their root.
+    let shop = flow.snapshots("shop")?;
+    let media = flow.snapshots("media")?;
+    assert_eq!((shop.len(), media.len()), (2, 1));
+    let data_snap = shop.iter().find(|s| tags(s).get("volume").map(String::as_str) == Some("data")).context("data")?;
+    let t = tags(data_snap);
+    assert_eq!(t.get("backup").map(String::as_str), Some("nightly"));
+    assert_eq!(t.get("backup-uid"), Some(&uid));
+    assert_eq!(t.get("pvc").map(String::as_str), Some("web-data"));
+    assert_eq!(t.get("identity").cloned(), Some(format!("pvc/{WEB_PVC_UID}")));
+    assert_eq!(data_snap["hostname"], "shop");
+    let data_id = data_snap["id"].as_str().context("id")?.to_string();
+    assert_eq!(flow.restic("shop", &["dump", &data_id, "/index.html"])?, "<h1>shop</h1>\n");
+    let listing = flow.restic("shop", &["ls", &data_id])?;
+    assert!(!listing.contains("vol_data.json"), "only the CSI mount directory is backed up:\n{listing}");
+    let cache_id = shop
+        .iter()
+        .find(|s| tags(s).get("volume").map(String::as_str) == Some("cache"))
+        .and_then(|s| s["id"].as_str())
+        .context("cache")?
+        .to_string();
+    assert_eq!(
+        flow.restic("media", &["dump", media[0]["id"].as_str().context("id")?, "/movies/list.txt"])?,
+        "heat\nronin\n"
+    );
+
+    // Progress and exactly one completion.
+    let progress = messages(&js, subjects::VOLUME_BACKUP_PROGRESS).await?;
+    let progress_volumes: std::collections::BTreeSet<String> = progress
+        .iter()
+        .filter_map(|p| coracle_events::envelope::decode::<VolumeBackupProgress>(p).ok())
+        .map(|e| e.data.volume)
+        .collect();
+    assert_eq!(progress_volumes.len(), 3, "progress for every volume");
+    assert_eq!(messages(&js, subjects::VOLUME_BACKUP_COMPLETED).await?.len(), 3);
+    let completed = messages(&js, subjects::BACKUP_COMPLETED).await?;
+    assert_eq!(completed.len(), 1);
+    let completed = coracle_events::envelope::decode::<BackupCompleted>(&completed[0])?;
+    assert_eq!((completed.data.phase, completed.data.volumes_completed), (BackupPhase::Completed, 3));
+
+    // 3. Every event again, twice, as redeliveries (new message ids, same CloudEvents).
+    let publisher = Publisher::new(js.clone());
+    for subject in [subjects::BACKUP_REQUESTED, subjects::VOLUME_BACKUP_COMPLETED] {
+        for (i, payload) in messages(&js, subject).await?.into_iter().enumerate() {
+            for round in 0..2 {
+                publisher.publish_raw(subject, &format!("redelivery-{subject}-{i}-{round}"), payload.clone()).await?;
+            }
+        }
+    }
+    flow.drain("plan-backup")?;
+    flow.drain("record-result")?;
+    assert_eq!(flow.jobs().await?.len(), 2, "no second Job");
+    assert_eq!(messages(&js, subjects::BACKUP_PLANNED).await?.len(), 1);
+    assert_eq!(messages(&js, subjects::BACKUP_COMPLETED).await?.len(), 1, "still exactly one completion");
+    assert_eq!(flow.describe("nightly")?, record, "the record is unchanged");
+    assert_eq!(flow.snapshots("shop")?.len(), 2);
+
+    // 4. The web pod is re-created with a new uid; the PV keeps its data, the emptyDir is new.
+    let pods = flow.sim.client()?;
+    let api: kube::Api<Pod> = kube::Api::namespaced(pods, "shop");
+    let mut pod = api.get("web-6d4cf56db6-x7k2p").await?;
+    api.delete("web-6d4cf56db6-x7k2p", &Default::default()).await?;
+    pod.metadata.name = Some("web-6d4cf56db6-q9w8e".into());
+    pod.metadata.uid = Some(WEB_UID_2.into());
+    pod.metadata.resource_version = None;
+    flow.sim.store().put_as(&pod)?;
+    let old = flow.kubelet.nodes[0].pods_root().join(WEB_UID);
+    let new = flow.kubelet.nodes[0].pods_root().join(WEB_UID_2);
+    std::fs::create_dir_all(new.join("volumes"))?;
+    std::fs::rename(old.join("volumes/kubernetes.io~csi"), new.join("volumes/kubernetes.io~csi"))?;
+    write(&new.join("volumes/kubernetes.io~empty-dir/cache/entry-1"), "cached page\n")?;
+    write(&new.join(format!("volumes/kubernetes.io~csi/{WEB_PV}/mount/new.txt")), "added later\n")?;
+    std::fs::remove_dir_all(&old)?;
+
+    flow.request("nightly-2", "req-nightly-2").await?;
+    flow.drain("plan-backup")?;
+    let second_uid = flow.describe("nightly-2")?["backup"]["uid"].as_str().context("uid")?.to_string();
+    flow.run_jobs_of(&second_uid).await?;
+    flow.drain("record-result")?;
+    assert_eq!(flow.describe("nightly-2")?["phase"], "Completed");
+    let shop = flow.snapshots("shop")?;
+    let second = |volume: &str| {
+        shop.iter()
+            .find(|s| {
+                tags(s).get("backup").map(String::as_str) == Some("nightly-2")
+                    && tags(s).get("volume").map(String::as_str) == Some(volume)
+            })
+            .cloned()
+            .context("second snapshot")
+    };
+    let data2 = second("data")?;
+    assert_eq!(tags(&data2).get("pod-uid").map(String::as_str), Some(WEB_UID_2));
+    assert_eq!(data2["parent"].as_str(), Some(data_id.as_str()), "the PVC's chain survives pod re-creation");
+    assert_eq!(second("cache")?["parent"].as_str(), Some(cache_id.as_str()), "so does the emptyDir's");
+    assert_eq!(flow.restic("shop", &["dump", data2["id"].as_str().context("id")?, "/new.txt"])?, "added later\n");
+    drop(flow.tmp);
+    Ok(())
+}
