@@ -3,6 +3,9 @@
 # Debian 12's own packages are too old (nats-server 2.9 breaks async-nats' KV), so the
 # Debian 13 packages are fetched with apt from the mirror this machine's sources already
 # name, into a private apt state so the system's sources are never changed.
+# It also fetches Debian 12's restic 0.14 into .tools/restic-0.14/ (linked as
+# .tools/bin/restic-0.14) so the job binary can be tested against the oldest restic JSON it
+# supports; failing to get that one only warns.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -12,8 +15,9 @@ mkdir -p "$tools"
 have() { [ -x "$bin/$1" ] || return 1; }
 nats_ok() { have nats-server && "$bin/nats-server" --version | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])'; }
 restic_ok() { have restic && "$bin/restic" version | grep -Eq 'restic 0\.(1[5-9]|[2-9][0-9])'; }
+restic14_ok() { have restic-0.14 && "$bin/restic-0.14" version | grep -Eq 'restic 0\.14\.'; }
 
-if nats_ok && restic_ok; then exit 0; fi
+if nats_ok && restic_ok && restic14_ok; then exit 0; fi
 
 # The mirror: the first deb URI in the machine's own sources.
 mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
@@ -21,20 +25,48 @@ mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sourc
   | sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//; s/[[:space:]].*$//' || true)
 [ -n "$mirror" ] || { echo "install-tools: no Debian mirror found in apt sources" >&2; exit 1; }
 
-state="$tools/apt"
-mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc" "$tools/debs"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$state/etc/sources.list"
-: >"$state/etc/status"
-opts=(-o "APT::Sandbox::User=root" -o "Dir::Etc::SourceList=$state/etc/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
-      -o "Dir::State::Lists=$state/lists" -o "Dir::State::Status=$state/etc/status"
-      -o "Dir::Cache=$state/cache" -o "APT::Architecture=$(dpkg --print-architecture)"
-      -o "Acquire::Languages=none" -o "Debug::NoLocking=1")
-apt-get "${opts[@]}" -qq update
-(cd "$tools/debs" && apt-get "${opts[@]}" -qq download nats-server restic)
-for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools/root"; done
-mkdir -p "$bin"
-ln -sf ../root/usr/sbin/nats-server "$bin/nats-server"
-ln -sf ../root/usr/bin/restic "$bin/restic"
-nats_ok || { echo "install-tools: nats-server >= 2.10 not installed" >&2; exit 1; }
-restic_ok || { echo "install-tools: restic >= 0.15 not installed" >&2; exit 1; }
-echo "install-tools: $("$bin/nats-server" --version), $("$bin/restic" version | cut -d' ' -f1-2)"
+# apt options for a private apt state in $1 reading only suite $2 of the mirror; sets `opts`.
+apt_state() {
+  local state=$1 suite=$2
+  mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" >"$state/etc/sources.list"
+  : >"$state/etc/status"
+  opts=(-o "APT::Sandbox::User=root" -o "Dir::Etc::SourceList=$state/etc/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+        -o "Dir::State::Lists=$state/lists" -o "Dir::State::Status=$state/etc/status"
+        -o "Dir::Cache=$state/cache" -o "APT::Architecture=$(dpkg --print-architecture)"
+        -o "Acquire::Languages=none" -o "Debug::NoLocking=1")
+}
+
+if ! (nats_ok && restic_ok); then
+  mkdir -p "$tools/debs"
+  apt_state "$tools/apt" trixie
+  apt-get "${opts[@]}" -qq update
+  (cd "$tools/debs" && apt-get "${opts[@]}" -qq download nats-server restic)
+  for deb in "$tools"/debs/*.deb; do dpkg -x "$deb" "$tools/root"; done
+  mkdir -p "$bin"
+  ln -sf ../root/usr/sbin/nats-server "$bin/nats-server"
+  ln -sf ../root/usr/bin/restic "$bin/restic"
+  nats_ok || { echo "install-tools: nats-server >= 2.10 not installed" >&2; exit 1; }
+  restic_ok || { echo "install-tools: restic >= 0.15 not installed" >&2; exit 1; }
+fi
+
+# restic 0.14 from bookworm, optional. Every step is checked explicitly because `set -e` does
+# not apply inside a function whose status is tested.
+install_restic14() {
+  local dir="$tools/restic-0.14"
+  mkdir -p "$dir/debs" "$dir/root" "$bin" || return 1
+  apt_state "$dir/apt" bookworm || return 1
+  apt-get "${opts[@]}" -qq update || return 1
+  (cd "$dir/debs" && rm -f restic_*.deb && apt-get "${opts[@]}" -qq download restic) || return 1
+  local deb
+  for deb in "$dir"/debs/restic_*.deb; do dpkg -x "$deb" "$dir/root" || return 1; done
+  ln -sf ../restic-0.14/root/usr/bin/restic "$bin/restic-0.14" || return 1
+  restic14_ok
+}
+if ! restic14_ok && ! install_restic14; then
+  echo "install-tools: warning: restic 0.14 (Debian 12) not installed; tests against it will be skipped" >&2
+fi
+
+msg="install-tools: $("$bin/nats-server" --version), $("$bin/restic" version | cut -d' ' -f1-2)"
+if restic14_ok; then msg="$msg, $("$bin/restic-0.14" version | cut -d' ' -f1-2)"; fi
+echo "$msg"

@@ -1,0 +1,125 @@
+//! Command line and environment of the job binary. Every setting can come from a flag or from
+//! the environment the Job spec sets. Values are taken as text and checked by the backup
+//! itself, so that a bad value still ends in a termination message instead of a usage error.
+
+use crate::keys::{KeyError, MasterKey};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coracle-volume-job",
+    version,
+    about = "Backs up one Kubernetes pod volume with restic (one index of a Coracle backup Job)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up the volume at this Job index: resolve it on the node, run restic, publish events
+    /// and write the result to the termination message.
+    #[command(after_help = BACKUP_AFTER_HELP)]
+    Backup(BackupArgs),
+}
+
+const BACKUP_AFTER_HELP: &str = "\
+Secrets:
+  CORACLE_MASTER_KEY      the installation master key (environment only, never a flag); or --master-key-file.
+                          Each namespace's restic password is derived from it and passed to restic only in
+                          its environment (RESTIC_PASSWORD).
+  restic inherits RESTIC_CACHE_DIR and backend credentials (AWS_ACCESS_KEY_ID, ...) from the environment.
+
+Exit codes:
+  0  completed, also with warnings (restic exit 3, some files unreadable: reported in the event and the
+     termination message, not by failing the pod, because a retry would not read them either)
+  1  failed; the Job's backoffLimitPerIndex retries the index
+  2  invalid settings or names; retrying cannot help (a podFailurePolicy FailIndex rule may match it)";
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct BackupArgs {
+    /// Index into the volume list (set by Kubernetes for Indexed Jobs).
+    #[arg(long, env = "JOB_COMPLETION_INDEX")]
+    pub index: Option<String>,
+    /// JSON array of planned volumes (camelCase PlannedVolume).
+    #[arg(long, env = "CORACLE_VOLUMES", hide_env_values = true)]
+    pub volumes: Option<String>,
+    #[arg(long, env = "CORACLE_BACKUP_NAME")]
+    pub backup_name: Option<String>,
+    #[arg(long, env = "CORACLE_BACKUP_UID")]
+    pub backup_uid: Option<String>,
+    /// This Job's name; events come from /coracle/jobs/<job>.
+    #[arg(long, env = "CORACLE_JOB_NAME")]
+    pub job_name: Option<String>,
+    /// Where the node's kubelet pods directory is mounted.
+    #[arg(long, env = "CORACLE_PODS_ROOT", default_value = "/host/pods")]
+    pub pods_root: PathBuf,
+    /// A namespace's repository is <prefix>/<namespace> (any restic backend).
+    #[arg(long, env = "CORACLE_REPOSITORY_PREFIX", hide_env_values = true)]
+    pub repository_prefix: Option<String>,
+    /// File holding the master key (a mounted Secret), instead of CORACLE_MASTER_KEY.
+    #[arg(long, env = "CORACLE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Generation of the derived repository passwords (key rotation); default 1.
+    #[arg(long, env = "CORACLE_KEY_GENERATION")]
+    pub key_generation: Option<String>,
+    /// NATS URL; when set and not empty, events are published to JetStream.
+    #[arg(long, env = "CORACLE_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+    /// How many times this index already failed (downward API
+    /// batch.kubernetes.io/job-index-failure-count); empty means 0.
+    #[arg(long, env = "CORACLE_ATTEMPT")]
+    pub attempt: Option<String>,
+    /// The Job's backoffLimitPerIndex; a failure is final when attempt >= this. Default 0.
+    #[arg(long, env = "CORACLE_BACKOFF_LIMIT_PER_INDEX")]
+    pub backoff_limit_per_index: Option<String>,
+    #[arg(long, env = "CORACLE_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+    /// The restic binary.
+    #[arg(long, env = "CORACLE_RESTIC", default_value = "restic")]
+    pub restic: PathBuf,
+}
+
+impl BackupArgs {
+    /// The master key from --master-key-file or CORACLE_MASTER_KEY. Read here rather than by
+    /// clap so that it can never be given on the command line, where `ps` would show it.
+    pub fn master_key(&self) -> Result<MasterKey, KeyError> {
+        if let Some(path) = &self.master_key_file {
+            return MasterKey::from_file(path);
+        }
+        match std::env::var_os("CORACLE_MASTER_KEY") {
+            Some(raw) => MasterKey::new(std::os::unix::ffi::OsStrExt::as_bytes(raw.as_os_str())),
+            None => Err(KeyError::Missing),
+        }
+    }
+}
+
+/// Parses an optional count where empty or missing means `default`.
+pub fn parse_count(name: &str, value: Option<&str>, default: u32) -> Result<u32, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse().map_err(|_| format!("{name} must be a non-negative integer, not {v:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("CORACLE_ATTEMPT", None, 0), Ok(0));
+        assert_eq!(parse_count("CORACLE_ATTEMPT", Some(""), 0), Ok(0));
+        assert_eq!(parse_count("CORACLE_ATTEMPT", Some(" 2 "), 0), Ok(2));
+        assert_eq!(parse_count("CORACLE_KEY_GENERATION", None, 1), Ok(1));
+        assert!(parse_count("CORACLE_ATTEMPT", Some("-1"), 0).unwrap_err().contains("CORACLE_ATTEMPT"));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
