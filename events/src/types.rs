@@ -133,6 +133,7 @@ pub struct VolumeBackupProgress {
     pub backup: BackupRef,
     /// `namespace/pod/volume`.
     pub volume: String,
+    /// restic's fraction done, 0.0 to 1.0.
     pub percent_done: f64,
     pub bytes_done: u64,
     pub bytes_total: u64,

@@ -3,6 +3,7 @@
 //! helpers ([`process`]).
 
 pub mod binaries;
+pub mod harness;
 pub mod kubelet;
 pub mod lambda;
 pub mod nats;

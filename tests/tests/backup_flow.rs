@@ -6,24 +6,13 @@
 //! NFS PV) → snapshots in per-namespace repositories → progress and completion events →
 //! record-result → exactly one backup.completed. Then duplicates, then a re-created pod.
 
-use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, consumer::pull};
-use base64::Engine;
+use anyhow::Context as _;
 use coracle_events::publish::Publisher;
-use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent, VolumeBackupProgress};
+use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, VolumeBackupProgress};
 use coracle_functions::jobs::backup_job_name;
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::kubelet::{Kubelet, Node};
-use coracle_tests::nats::{tools_path, NatsServer};
-use coracle_tests::sim::SimServer;
-use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
+use coracle_tests::harness::{messages, snapshot_tags, write_file, Harness};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 const WEB_UID: &str = "3e9f6a52-5555-4555-8555-000000000001";
 const WEB_UID_2: &str = "3e9f6a52-5555-4555-8555-000000000003";
@@ -31,186 +20,37 @@ const FILES_UID: &str = "3e9f6a52-5555-4555-8555-000000000002";
 const WEB_PV: &str = "pvc-3f1c9b52-web-data";
 const WEB_PVC_UID: &str = "7a4b0a11-2222-4222-8222-000000000001";
 
-struct Flow {
-    nats: NatsServer,
-    sim: SimServer,
-    tmp: tempfile::TempDir,
-    repos: PathBuf,
-    kubeconfig: PathBuf,
-    master_key: String,
-    kubelet: Kubelet,
+async fn start() -> anyhow::Result<Harness> {
+    let h = Harness::start("backup-flow", include_str!("../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
+    // The volumes as the kubelet lays them out, with real files.
+    let csi = h.volume_dir("node-1", WEB_UID, "kubernetes.io~csi", WEB_PV)?;
+    write_file(&csi.join("mount/index.html"), b"<h1>shop</h1>\n")?;
+    write_file(&csi.join("mount/assets/app.js"), "console.log(1);\n".repeat(500).as_bytes())?;
+    write_file(&csi.join("vol_data.json"), b"{\"driverName\":\"hostpath.csi.k8s.io\"}")?;
+    write_file(
+        &h.volume_dir("node-1", WEB_UID, "kubernetes.io~empty-dir", "cache")?.join("entry-1"),
+        b"cached page\n",
+    )?;
+    let nfs = h.volume_dir("node-2", FILES_UID, "kubernetes.io~nfs", "nfs-media-share")?;
+    write_file(&nfs.join("movies/list.txt"), b"heat\nronin\n")?;
+    Ok(h)
 }
 
-fn write(path: &Path, content: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path.parent().context("no parent")?)?;
-    std::fs::write(path, content)?;
-    Ok(())
-}
-
-impl Flow {
-    async fn start() -> anyhow::Result<Flow> {
-        let nats = NatsServer::start()?;
-        let tmp = scratch_dir("backup-flow")?;
-        let repos = tmp.path().join("repos");
-        let master_key = hex::encode(uuid::Uuid::new_v4().as_bytes()) + &hex::encode(uuid::Uuid::new_v4().as_bytes());
-        let objects = include_str!("../fixtures/backup-flow.yaml")
-            .replace("__REPOS__", &repos.display().to_string())
-            .replace("__NATS__", &nats.url())
-            .replace("__MASTER_KEY_B64__", &base64::engine::general_purpose::STANDARD.encode(&master_key));
-        let sim = SimServer::start(&objects).await?;
-        let kubeconfig = tmp.path().join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig)?;
-        let nodes: Vec<Node> = ["node-1", "node-2"]
-            .iter()
-            .map(|n| Node { name: n.to_string(), kubelet_root: tmp.path().join("nodes").join(n).join("kubelet") })
-            .collect();
-        // The volumes as the kubelet lays them out, with real files.
-        let n1 = nodes[0].pods_root().join(WEB_UID).join("volumes");
-        write(&n1.join(format!("kubernetes.io~csi/{WEB_PV}/mount/index.html")), "<h1>shop</h1>\n")?;
-        write(&n1.join(format!("kubernetes.io~csi/{WEB_PV}/mount/assets/app.js")), &"console.log(1);\n".repeat(500))?;
-        write(
-            &n1.join(format!("kubernetes.io~csi/{WEB_PV}/vol_data.json")),
-            "{\"driverName\":\"hostpath.csi.k8s.io\"}",
-        )?;
-        write(&n1.join("kubernetes.io~empty-dir/cache/entry-1"), "cached page\n")?;
-        let n2 = nodes[1].pods_root().join(FILES_UID).join("volumes");
-        write(&n2.join("kubernetes.io~nfs/nfs-media-share/movies/list.txt"), "heat\nronin\n")?;
-
-        let kubelet = Kubelet {
-            client: sim.client()?,
-            nodes,
-            bin_dir: workspace_bin("coracle-volume-job")?.parent().context("bin dir")?.to_path_buf(),
-            extra_env: vec![("PATH".into(), tools_path()), ("RUST_LOG".into(), "info".into())],
-            scratch: tmp.path().join("pods-scratch"),
-        };
-        Ok(Flow { nats, sim, tmp, repos, kubeconfig, master_key, kubelet })
-    }
-
-    fn coracle(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(workspace_bin("coracle")?)
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("PATH", tools_path())
-            .output()
-            .context("running coracle")?;
-        if !out.status.success() {
-            bail!("coracle {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn drain(&self, function: &str) -> anyhow::Result<String> {
-        self.coracle(&["fn", function, "--nats", &self.nats.url(), "--drain"])
-    }
-
-    async fn js(&self) -> anyhow::Result<jetstream::Context> {
-        Ok(jetstream::new(async_nats::connect(self.nats.url()).await?))
-    }
-
-    async fn request(&self, name: &str, event_id: &str) -> anyhow::Result<()> {
-        let request = BackupRequest { name: name.into(), ..Default::default() };
-        let event = CloudEvent::new(event_id, "/tests/backup-flow", Some(name.to_string()), request);
-        Publisher::new(self.js().await?).publish(&event).await?;
-        Ok(())
-    }
-
-    async fn jobs(&self) -> anyhow::Result<Vec<Job>> {
-        self.sim.store().list_as::<Job>(Some("coracle-system"))
-    }
-
-    async fn run_jobs_of(&self, backup_uid: &str) -> anyhow::Result<()> {
-        for job in self.jobs().await? {
-            let labels = job.metadata.labels.clone().unwrap_or_default();
-            if labels.get("coracle.dev/backup-uid").map(String::as_str) != Some(backup_uid) {
-                continue;
-            }
-            let name = job.metadata.name.clone().unwrap_or_default();
-            let run = self.kubelet.run_job("coracle-system", &name).await?;
-            for index in &run.indexes {
-                if index.exit_code != 0 {
-                    bail!("{name} index {} failed: {}\n{}", index.index, index.termination_message, index.stderr);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn describe(&self, name: &str) -> anyhow::Result<Value> {
-        Ok(serde_json::from_str(&self.coracle(&[
-            "backup",
-            "describe",
-            name,
-            "--nats",
-            &self.nats.url(),
-            "-o",
-            "json",
-        ])?)?)
-    }
-
-    fn restic(&self, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
-        let password = coracle_volume_job::namespace_password(self.master_key.as_bytes(), namespace, 1);
-        let out = Command::new("restic")
-            .env("PATH", tools_path())
-            .env("RESTIC_PASSWORD", password)
-            .arg("-r")
-            .arg(self.repos.join(namespace))
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("restic {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn snapshots(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
-        Ok(serde_json::from_str(&self.restic(namespace, &["snapshots", "--json"])?)?)
-    }
-}
-
-/// Every message stored on a subject, in order.
-async fn messages(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let stream = js.get_stream(subjects::STREAM).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Vec::new();
-    loop {
-        let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_millis(300)).messages().await?;
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            out.push(m.map_err(|e| anyhow::anyhow!("{e}"))?.payload.to_vec());
-            got += 1;
-        }
-        if got == 0 {
-            return Ok(out);
-        }
-    }
-}
-
-fn tags(snapshot: &Value) -> BTreeMap<String, String> {
-    snapshot["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str()?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
+fn request(name: &str) -> BackupRequest {
+    BackupRequest { name: name.into(), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow::Result<()> {
-    let flow = Flow::start().await?;
+    let flow = start().await?;
     flow.coracle(&["setup", "nats", "--nats", &flow.nats.url()])?;
     let js = flow.js().await?;
 
     // 1. The request, planned by the NATS-driven function.
-    flow.request("nightly", "req-nightly").await?;
+    flow.request(request("nightly"), "req-nightly").await?;
     flow.sim.clear_requests();
     flow.drain("plan-backup")?;
-    let jobs = flow.jobs().await?;
+    let jobs = flow.jobs()?;
     assert_eq!(jobs.len(), 2, "one Job per node");
     let planned = messages(&js, subjects::BACKUP_PLANNED).await?;
     assert_eq!(planned.len(), 1);
@@ -242,8 +82,9 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     let shop = flow.snapshots("shop")?;
     let media = flow.snapshots("media")?;
     assert_eq!((shop.len(), media.len()), (2, 1));
-    let data_snap = shop.iter().find(|s| tags(s).get("volume").map(String::as_str) == Some("data")).context("data")?;
-    let t = tags(data_snap);
+    let data_snap =
+        shop.iter().find(|s| snapshot_tags(s).get("volume").map(String::as_str) == Some("data")).context("data")?;
+    let t = snapshot_tags(data_snap);
     assert_eq!(t.get("backup").map(String::as_str), Some("nightly"));
     assert_eq!(t.get("backup-uid"), Some(&uid));
     assert_eq!(t.get("pvc").map(String::as_str), Some("web-data"));
@@ -255,7 +96,7 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     assert!(!listing.contains("vol_data.json"), "only the CSI mount directory is backed up:\n{listing}");
     let cache_id = shop
         .iter()
-        .find(|s| tags(s).get("volume").map(String::as_str) == Some("cache"))
+        .find(|s| snapshot_tags(s).get("volume").map(String::as_str) == Some("cache"))
         .and_then(|s| s["id"].as_str())
         .context("cache")?
         .to_string();
@@ -289,7 +130,7 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     }
     flow.drain("plan-backup")?;
     flow.drain("record-result")?;
-    assert_eq!(flow.jobs().await?.len(), 2, "no second Job");
+    assert_eq!(flow.jobs()?.len(), 2, "no second Job");
     assert_eq!(messages(&js, subjects::BACKUP_PLANNED).await?.len(), 1);
     assert_eq!(messages(&js, subjects::BACKUP_COMPLETED).await?.len(), 1, "still exactly one completion");
     assert_eq!(flow.describe("nightly")?, record, "the record is unchanged");
@@ -308,11 +149,11 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     let new = flow.kubelet.nodes[0].pods_root().join(WEB_UID_2);
     std::fs::create_dir_all(new.join("volumes"))?;
     std::fs::rename(old.join("volumes/kubernetes.io~csi"), new.join("volumes/kubernetes.io~csi"))?;
-    write(&new.join("volumes/kubernetes.io~empty-dir/cache/entry-1"), "cached page\n")?;
-    write(&new.join(format!("volumes/kubernetes.io~csi/{WEB_PV}/mount/new.txt")), "added later\n")?;
+    write_file(&new.join("volumes/kubernetes.io~empty-dir/cache/entry-1"), b"cached page\n")?;
+    write_file(&new.join(format!("volumes/kubernetes.io~csi/{WEB_PV}/mount/new.txt")), b"added later\n")?;
     std::fs::remove_dir_all(&old)?;
 
-    flow.request("nightly-2", "req-nightly-2").await?;
+    flow.request(request("nightly-2"), "req-nightly-2").await?;
     flow.drain("plan-backup")?;
     let second_uid = flow.describe("nightly-2")?["backup"]["uid"].as_str().context("uid")?.to_string();
     flow.run_jobs_of(&second_uid).await?;
@@ -322,14 +163,14 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     let second = |volume: &str| {
         shop.iter()
             .find(|s| {
-                tags(s).get("backup").map(String::as_str) == Some("nightly-2")
-                    && tags(s).get("volume").map(String::as_str) == Some(volume)
+                snapshot_tags(s).get("backup").map(String::as_str) == Some("nightly-2")
+                    && snapshot_tags(s).get("volume").map(String::as_str) == Some(volume)
             })
             .cloned()
             .context("second snapshot")
     };
     let data2 = second("data")?;
-    assert_eq!(tags(&data2).get("pod-uid").map(String::as_str), Some(WEB_UID_2));
+    assert_eq!(snapshot_tags(&data2).get("pod-uid").map(String::as_str), Some(WEB_UID_2));
     assert_eq!(data2["parent"].as_str(), Some(data_id.as_str()), "the PVC's chain survives pod re-creation");
     assert_eq!(second("cache")?["parent"].as_str(), Some(cache_id.as_str()), "so does the emptyDir's");
     assert_eq!(flow.restic("shop", &["dump", data2["id"].as_str().context("id")?, "/new.txt"])?, "added later\n");
