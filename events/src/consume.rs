@@ -200,8 +200,24 @@ where
     }
 }
 
+/// Longest reason a dead letter carries: decode errors can quote the whole offending input.
+pub const MAX_DLQ_REASON: usize = 4 * 1024;
+
+/// The reason cut to `MAX_DLQ_REASON` bytes (on a character boundary), saying how long it was.
+fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_DLQ_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_DLQ_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &reason[..end], reason.len())
+}
+
 /// Builds the dead letter for a delivery: the reason and as much of the payload as fits.
 pub fn dead_letter_event(function: &str, delivery: &Delivery, reason: &str) -> CloudEvent<DeadLetter> {
+    let reason = &bounded_reason(reason);
     let truncated = delivery.payload.len() > MAX_DLQ_PAYLOAD;
     let kept = &delivery.payload[..delivery.payload.len().min(MAX_DLQ_PAYLOAD)];
     let payload = if truncated {
@@ -231,8 +247,9 @@ async fn dead_letter(
     delivery: &Delivery,
     reason: &str,
 ) -> Result<(), crate::publish::PublishError> {
-    tracing::warn!(%function, subject = %delivery.subject, %reason, "dead-lettering");
-    publisher.publish_to(&subjects::dlq(function), &dead_letter_event(function, delivery, reason)).await.map(|_| ())
+    let event = dead_letter_event(function, delivery, reason);
+    tracing::warn!(%function, subject = %delivery.subject, reason = %event.data.reason, "dead-lettering");
+    publisher.publish_to(&subjects::dlq(function), &event).await.map(|_| ())
 }
 
 #[cfg(test)]

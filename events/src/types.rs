@@ -266,3 +266,169 @@ pub enum VolumeOutcome {
     Completed(VolumeBackupCompleted),
     Failed(VolumeBackupFailed),
 }
+
+/// Names one restore everywhere a result refers to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// `coracle.restore.requested`: restore (part of) a backup, possibly into other namespaces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The backup to restore from (its name).
+    pub backup: String,
+    /// Source namespace → target namespace; unmapped namespaces restore into themselves.
+    #[serde(default)]
+    pub namespace_mapping: std::collections::BTreeMap<String, String>,
+    /// Source namespaces to include (empty: all in the backup).
+    #[serde(default)]
+    pub included_namespaces: Vec<String>,
+    #[serde(default)]
+    pub excluded_namespaces: Vec<String>,
+    /// Only these volumes: entries `namespace/volume`, `volume`, or `namespace/claim` for PVCs.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+event_type!(RestoreRequest, "dev.coracle.restore.requested.v1", subjects::RESTORE_REQUESTED);
+
+/// What a restored pod is matched by at admission time, when it has no name or uid yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum RestoreTarget {
+    /// Any pod in the target namespace that mounts this claim.
+    Pvc { claim: String },
+    /// A pod of this workload (`deployment/web`, `statefulset/db/db-0`, `pod/name`) with this volume.
+    Workload { owner: String, volume: String },
+}
+
+/// One volume waiting to be restored: the KV entry under the target namespace and the target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRestore {
+    pub restore: RestoreRef,
+    pub backup: BackupRef,
+    pub target_namespace: String,
+    pub target: RestoreTarget,
+    /// The namespace whose repository holds the snapshot.
+    pub source_namespace: String,
+    pub source_pod: String,
+    pub source_volume: String,
+    pub snapshot_id: String,
+    pub identity: String,
+}
+
+/// `coracle.restore.planned`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePlanned {
+    pub restore: RestoreRef,
+    pub request: RestoreRequest,
+    pub backup: BackupRef,
+    pub entries: Vec<PendingRestore>,
+    pub skipped: Vec<SkippedVolume>,
+}
+event_type!(RestorePlanned, "dev.coracle.restore.planned.v1", subjects::RESTORE_PLANNED);
+
+/// `coracle.restore.pod.ready`: the restore-wait helper of a restoring pod is up and waiting.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePodReady {
+    pub restore: RestoreRef,
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub node: String,
+    /// Pod volume names the helper waits for.
+    pub volumes: Vec<String>,
+}
+event_type!(RestorePodReady, "dev.coracle.restore.pod.ready.v1", subjects::RESTORE_POD_READY);
+
+/// One volume a restore Job writes: the contract between start-restore and the Job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreVolume {
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    /// Pod volume name (the helper's `/restores/<volume>`).
+    pub volume: String,
+    /// Directory under `<pod dir>/volumes/*/`: the PV name for PVCs, the volume name otherwise.
+    pub dir: String,
+    pub source_namespace: String,
+    pub snapshot_id: String,
+}
+
+impl RestoreVolume {
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.namespace, self.pod, self.volume)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub duration_seconds: f64,
+}
+
+/// `coracle.volume.restore.completed`: data restored and the marker written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRestoreCompleted {
+    pub restore: RestoreRef,
+    pub volume: RestoreVolume,
+    pub stats: RestoreStats,
+    #[serde(default)]
+    pub attempt: u32,
+}
+event_type!(VolumeRestoreCompleted, "dev.coracle.volume.restore.completed.v1", subjects::VOLUME_RESTORE_COMPLETED);
+
+/// `coracle.volume.restore.failed`; a final failure also leaves a failure marker for the helper.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRestoreFailed {
+    pub restore: RestoreRef,
+    pub volume: RestoreVolume,
+    pub reason: String,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(rename = "final", default = "yes")]
+    pub is_final: bool,
+}
+event_type!(VolumeRestoreFailed, "dev.coracle.volume.restore.failed.v1", subjects::VOLUME_RESTORE_FAILED);
+
+/// `coracle.restore.completed`, once every volume of the restore is terminal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreCompleted {
+    pub restore: RestoreRef,
+    pub phase: BackupPhase,
+    pub volumes: u32,
+    pub volumes_completed: u32,
+    pub volumes_failed: u32,
+    #[serde(default)]
+    pub failures: Vec<VolumeFailure>,
+}
+event_type!(RestoreCompleted, "dev.coracle.restore.completed.v1", subjects::RESTORE_COMPLETED);
+
+/// What a restore Job index concludes, written to its termination message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "outcome")]
+pub enum RestoreOutcome {
+    Completed(VolumeRestoreCompleted),
+    Failed(VolumeRestoreFailed),
+}
+
+/// The marker a restore Job leaves in a volume when its data is in place:
+/// `<volume>/.coracle/<restore-uid>`; a failed restore leaves `<restore-uid>.failed` holding
+/// the reason. The restore-wait helper waits for these and removes them.
+pub const MARKER_DIR: &str = ".coracle";
+pub const FAILED_MARKER_SUFFIX: &str = ".failed";
