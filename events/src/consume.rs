@@ -225,8 +225,17 @@ pub fn dead_letter_event(function: &str, delivery: &Delivery, reason: &str) -> C
     } else {
         serde_json::from_slice(kept).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(kept).into_owned()))
     };
+    // From the stream: its sequence and delivery count. Otherwise (Lambda, HTTP) there is no sequence, so
+    // the content names it: a repeat of the same failure is de-duplicated, a different one is not.
+    let id = if delivery.stream_sequence > 0 {
+        format!("dlq-{function}-{}-{}", delivery.stream_sequence, delivery.deliveries)
+    } else {
+        let mut content = format!("{function}\n{}\n{reason}\n", delivery.subject).into_bytes();
+        content.extend_from_slice(&delivery.payload);
+        format!("dlq-{function}-{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &content))
+    };
     CloudEvent::new(
-        format!("dlq-{function}-{}-{}", delivery.stream_sequence, delivery.deliveries),
+        id,
         function_source(function),
         Some(delivery.subject.clone()),
         DeadLetter {

@@ -230,6 +230,8 @@ event_type!(BackupCompleted, "dev.coracle.backup.completed.v1", subjects::BACKUP
 
 /// `coracle.dlq.<function>`: an event a function could not handle, with the reason and the
 /// original payload (truncated past `MAX_DLQ_PAYLOAD`; the stream sequence finds the rest).
+/// Its subject depends on the function: publish it with `Publisher::publish_to(&subjects::dlq(f), ..)`,
+/// never `publish` (whose `SUBJECT` is only the common prefix).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {

@@ -1,6 +1,7 @@
 //! Coracle's functions: pure planners over a snapshot of cluster objects, and the thin
 //! adapters (Kubernetes, NATS, Lambda) that feed them and carry out their plans.
 
+pub mod admission;
 pub mod cli;
 pub mod context;
 pub mod duration;
@@ -9,9 +10,11 @@ pub mod jobs;
 pub mod kube_cluster;
 pub mod objects;
 pub mod plan_backup;
+pub mod plan_restore;
 pub mod record;
 pub mod record_store;
 pub mod request;
+pub mod restore_state;
 pub mod runner;
 pub mod selector;
 pub mod settings;

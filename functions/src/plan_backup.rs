@@ -390,37 +390,74 @@ impl<'s> Planner<'s> {
 
     /// `<kind>/<name>` (plus the pod or node where replicas differ) of the pod's controller.
     fn workload(&self, pod: &Pod) -> Result<String, String> {
-        let pod_name = name_of(pod);
-        let Some(owner) = controller_of(pod.metadata.owner_references.as_deref()) else {
-            return Ok(format!("pod/{}", part("pod name", pod_name)?));
+        let rs = controller_of(pod.metadata.owner_references.as_deref())
+            .filter(|o| o.kind == "ReplicaSet")
+            .map(|o| self.index.replica_sets.get(&(namespace_of(pod), o.name.as_str())));
+        let rs_owner = match rs {
+            Some(Some(rs)) => ReplicaSetOwner::Known(controller_of(rs.metadata.owner_references.as_deref())),
+            _ => ReplicaSetOwner::Unknown,
         };
-        let owner_name = part("owner name", &owner.name)?;
-        Ok(match owner.kind.as_str() {
-            "ReplicaSet" => match self.index.replica_sets.get(&(namespace_of(pod), owner.name.as_str())) {
-                Some(rs) => match controller_of(rs.metadata.owner_references.as_deref()) {
-                    Some(up) => {
-                        format!("{}/{}", part("owner kind", &up.kind.to_lowercase())?, part("owner name", &up.name)?)
-                    }
-                    None => format!("replicaset/{owner_name}"),
-                },
-                None => {
-                    // Without the ReplicaSet object, the Deployment controller's naming gives it away:
-                    // `<deployment>-<pod-template-hash>`.
-                    let hash = pod.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
-                    match hash.and_then(|h| owner_name.strip_suffix(h.as_str())?.strip_suffix('-')) {
-                        Some(deployment) if !deployment.is_empty() => format!("deployment/{deployment}"),
-                        _ => format!("replicaset/{owner_name}"),
-                    }
-                }
-            },
-            "StatefulSet" => format!("statefulset/{owner_name}/{}", part("pod name", pod_name)?),
-            "DaemonSet" => {
-                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("");
-                format!("daemonset/{owner_name}/{}", part("node name", node)?)
-            }
-            kind => format!("{}/{owner_name}", part("owner kind", &kind.to_lowercase())?),
-        })
+        workload_of(pod, rs_owner)
     }
+}
+
+/// What is known about the controller of a pod's ReplicaSet.
+pub enum ReplicaSetOwner<'a> {
+    /// The ReplicaSet object was seen: its controller, if any.
+    Known(Option<&'a OwnerReference>),
+    /// Not seen (admission time, or a partial dump): inferred from the pod-template-hash.
+    Unknown,
+}
+
+/// The stable workload part of a pod-scoped volume's identity: `deployment/<name>`,
+/// `statefulset/<sts>/<pod>`, `daemonset/<ds>/<node>`, `<kind>/<name>` or `pod/<name>`. Shared by
+/// backup planning and restore admission, so a re-created pod finds its data.
+pub fn workload_of(pod: &Pod, rs_owner: ReplicaSetOwner<'_>) -> Result<String, String> {
+    let pod_name = name_of(pod);
+    let Some(owner) = controller_of(pod.metadata.owner_references.as_deref()) else {
+        return Ok(format!("pod/{}", part("pod name", pod_name)?));
+    };
+    let owner_name = part("owner name", &owner.name)?;
+    Ok(match owner.kind.as_str() {
+        "ReplicaSet" => match rs_owner {
+            ReplicaSetOwner::Known(Some(up)) => {
+                format!("{}/{}", part("owner kind", &up.kind.to_lowercase())?, part("owner name", &up.name)?)
+            }
+            ReplicaSetOwner::Known(None) => format!("replicaset/{owner_name}"),
+            ReplicaSetOwner::Unknown => {
+                // Without the ReplicaSet object, the Deployment controller's naming gives it away:
+                // `<deployment>-<pod-template-hash>`.
+                let hash = pod.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH));
+                match hash.and_then(|h| owner_name.strip_suffix(h.as_str())?.strip_suffix('-')) {
+                    Some(deployment) if !deployment.is_empty() => format!("deployment/{deployment}"),
+                    _ => format!("replicaset/{owner_name}"),
+                }
+            }
+        },
+        "StatefulSet" => format!("statefulset/{owner_name}/{}", part("pod name", pod_name)?),
+        "DaemonSet" => format!("daemonset/{owner_name}/{}", part("node name", &node_of(pod))?),
+        kind => format!("{}/{owner_name}", part("owner kind", &kind.to_lowercase())?),
+    })
+}
+
+/// The pod's node: `spec.nodeName`, or before scheduling the node a DaemonSet pins it to with
+/// `matchFields metadata.name In [node]`.
+fn node_of(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
+    if let Some(node) = spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) {
+        return node;
+    }
+    spec.and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|r| {
+            r.node_selector_terms
+                .iter()
+                .flat_map(|t| t.match_fields.iter().flatten())
+                .find(|f| f.key == "metadata.name" && f.operator == "In")
+        })
+        .and_then(|f| f.values.as_ref()?.first().cloned())
+        .unwrap_or_default()
 }
 
 /// Why a pod as a whole cannot be backed up now, if it cannot.
@@ -440,7 +477,7 @@ fn pod_problem(pod: &Pod) -> Option<String> {
 }
 
 /// The volume's source kind, or why volumes of this kind are never backed up.
-fn volume_kind(volume: &Volume) -> Result<VolumeSource, String> {
+pub fn volume_kind(volume: &Volume) -> Result<VolumeSource, String> {
     // By name first: token volumes have looked different across Kubernetes versions (secret,
     // then projected), their names have not.
     if volume.name.starts_with("default-token-") || volume.name.starts_with("kube-api-access-") {

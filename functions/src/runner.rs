@@ -42,18 +42,19 @@ pub async fn lambda(ctx: Arc<Context>, function: Function) -> anyhow::Result<()>
                 Ok(()) => Ok::<Value, lambda_runtime::Error>(json!({"status": "ok", "emitted": ctx.take_emitted()})),
                 Err(HandleError::Retryable(reason)) => Err(reason.into()),
                 Err(HandleError::Permanent(reason)) => {
+                    let delivery = consume::Delivery {
+                        subject: format!("lambda.{}", function.name()),
+                        payload: payload.into(),
+                        deliveries: 1,
+                        stream_sequence: 0,
+                    };
+                    // Built first so the answer carries the same bounded reason as the dead letter.
+                    let dead = consume::dead_letter_event(function.name(), &delivery, &reason);
                     if let Some(n) = &ctx.nats {
-                        let delivery = consume::Delivery {
-                            subject: format!("lambda.{}", function.name()),
-                            payload: payload.into(),
-                            deliveries: 1,
-                            stream_sequence: 0,
-                        };
-                        let dead = consume::dead_letter_event(function.name(), &delivery, &reason);
                         let publisher: &Publisher = &n.publisher;
                         publisher.publish_to(&subjects::dlq(function.name()), &dead).await?;
                     }
-                    Ok(json!({"status": "dead-lettered", "reason": reason}))
+                    Ok(json!({"status": "dead-lettered", "reason": dead.data.reason}))
                 }
             }
         }

@@ -38,6 +38,12 @@ pub struct Settings {
     pub job_memory_request: String,
     pub job_cpu_limit: String,
     pub job_memory_limit: String,
+    /// The restore-wait init container the admission function injects.
+    pub helper_image: String,
+    pub helper_cpu: String,
+    pub helper_memory: String,
+    /// How long a restoring pod waits for its data before failing (Go duration).
+    pub helper_timeout: String,
 }
 
 impl Default for Settings {
@@ -61,6 +67,10 @@ impl Default for Settings {
             job_memory_request: "128Mi".into(),
             job_cpu_limit: "2".into(),
             job_memory_limit: "2Gi".into(),
+            helper_image: "ghcr.io/coracle-dev/coracle-restore-wait:0.1.0".into(),
+            helper_cpu: "100m".into(),
+            helper_memory: "128Mi".into(),
+            helper_timeout: "4h".into(),
         }
     }
 }
@@ -102,6 +112,10 @@ impl Settings {
                 "jobMemoryRequest" => s.job_memory_request = value.clone(),
                 "jobCpuLimit" => s.job_cpu_limit = value.clone(),
                 "jobMemoryLimit" => s.job_memory_limit = value.clone(),
+                "helperImage" => s.helper_image = value.clone(),
+                "helperCpu" => s.helper_cpu = value.clone(),
+                "helperMemory" => s.helper_memory = value.clone(),
+                "helperTimeout" => s.helper_timeout = value.clone(),
                 _ => {}
             }
         }

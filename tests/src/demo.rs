@@ -9,7 +9,6 @@ use clap::Parser;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent};
 use serde_json::Value;
 use coracle_tests::harness::{write_file, Harness, SYSTEM_NAMESPACE};
-use coracle_tests::process;
 use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -138,11 +137,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
 
     // Functions as long-running consumers, as KEDA would keep them while messages flow.
-    let mut functions = vec![h.spawn_function("plan-backup")?, h.spawn_function("record-result")?];
+    let functions = vec![h.spawn_function("plan-backup")?, h.spawn_function("record-result")?];
     let outcome = drive(&h, &args).await;
-    for child in &mut functions {
-        process::stop(child, Duration::from_secs(5));
-    }
+    drop(functions);
     let ok = outcome?;
     if args.keep {
         let kept = h.tmp.path().to_path_buf();

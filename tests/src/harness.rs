@@ -88,14 +88,13 @@ impl Harness {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Starts a function as a long-running NATS consumer; the caller stops it by pid.
-    pub fn spawn_function(&self, function: &str) -> anyhow::Result<Child> {
-        self.command(&["fn", function, "--nats", &self.nats.url()])?
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting a function")
+    /// Starts a function as a long-running NATS consumer, stopped by pid when the guard drops
+    /// (and by the kernel if this process dies first).
+    pub fn spawn_function(&self, function: &str) -> anyhow::Result<ChildGuard> {
+        let mut cmd = self.command(&["fn", function, "--nats", &self.nats.url()])?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        crate::process::die_with_parent(&mut cmd);
+        Ok(ChildGuard(cmd.spawn().context("starting a function")?))
     }
 
     /// Runs a function as a draining consumer (a KEDA/CronJob run).
@@ -167,6 +166,15 @@ impl Harness {
 
     pub fn snapshots(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
         Ok(serde_json::from_str(&self.restic(namespace, &["snapshots", "--json"])?)?)
+    }
+}
+
+/// A child process stopped by pid when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        crate::process::stop(&mut self.0, Duration::from_secs(5));
     }
 }
 

@@ -43,6 +43,21 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result
     }
 }
 
+/// Asks the kernel to SIGTERM the child when this process dies, so a crashed test or demo
+/// leaves nothing running.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// SIGTERM, then SIGKILL if the child has not exited after `grace`; always reaps it.
 pub fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     terminate(child);
