@@ -161,6 +161,65 @@ pub fn backup_describe(record: &BackupRecord, format: Format) -> Result<String, 
     Ok(out)
 }
 
+/// `coracle plan restore`: the pending entries and skips, as admission will match them.
+pub fn restore_plan(
+    request: &coracle_events::RestoreRequest,
+    record: &BackupRecord,
+    format: Format,
+) -> Result<String, CliError> {
+    let uid = request.uid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let plan = crate::plan_restore::plan_restore(request, &uid, record)
+        .map_err(|e| CliError::Invalid { what: format!("restore {}", request.name), reason: e.to_string() })?;
+    if format != Format::Table {
+        return render(&plan, format);
+    }
+    let rows = plan
+        .entries
+        .iter()
+        .map(|e| {
+            let target = match &e.target {
+                coracle_events::RestoreTarget::Pvc { claim } => format!("pvc {claim}"),
+                coracle_events::RestoreTarget::Workload { owner, volume } => format!("{owner} volume {volume}"),
+            };
+            vec![
+                e.target_namespace.clone(),
+                target,
+                format!("{}/{}/{}", e.source_namespace, e.source_pod, e.source_volume),
+                e.snapshot_id.chars().take(8).collect(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    Ok(table(&["NAMESPACE", "TARGET", "FROM", "SNAPSHOT"], &rows))
+}
+
+pub fn restore_describe(record: &crate::restore_state::RestoreRecord, format: Format) -> Result<String, CliError> {
+    if format != Format::Table {
+        return render(record, format);
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:     {}", record.restore.name);
+    let _ = writeln!(out, "UID:      {}", record.restore.uid);
+    let _ = writeln!(out, "Backup:   {}", record.backup.name);
+    let _ = writeln!(out, "Phase:    {:?}\n", record.phase);
+    let rows = record
+        .entries
+        .iter()
+        .map(|(key, e)| {
+            let stats = e.stats.clone().unwrap_or_default();
+            vec![
+                key.clone(),
+                format!("{:?}", e.state),
+                e.pod.clone().unwrap_or_else(|| "-".into()),
+                stats.files.to_string(),
+                human_bytes(stats.bytes),
+                e.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    out.push_str(&table(&["TARGET", "STATE", "POD", "FILES", "SIZE", "NOTES"], &rows));
+    Ok(out)
+}
+
 /// A left-aligned text table with two spaces between columns, like kubectl's.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();

@@ -1,9 +1,12 @@
 //! What a function may reach while handling an event: the Kubernetes API, NATS, or neither
 //! (offline runs collect the events they would publish instead).
 
-use crate::record_store::RecordStore;
+use crate::kv_json::JsonKv;
+use crate::record::BackupRecord;
+use crate::restore_state::{PendingEntry, RestoreRecord};
 use coracle_events::consume::HandleError;
 use coracle_events::publish::Publisher;
+use coracle_events::subjects::{KV_BACKUPS, KV_RESTORES};
 use coracle_events::{CloudEvent, EventData};
 use serde_json::Value;
 use std::sync::Mutex;
@@ -12,7 +15,10 @@ pub struct Nats {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub publisher: Publisher,
-    pub records: RecordStore,
+    pub records: JsonKv<BackupRecord>,
+    pub restores: JsonKv<RestoreRecord>,
+    /// Pending restore entries, keyed by `plan_restore::pending_key`.
+    pub pending: JsonKv<PendingEntry>,
 }
 
 impl Nats {
@@ -20,8 +26,10 @@ impl Nats {
         let client = async_nats::connect(url).await.map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
         let js = async_nats::jetstream::new(client.clone());
         coracle_events::bootstrap::ensure(&js).await?;
-        let records = RecordStore::open(&js).await?;
-        Ok(Nats { publisher: Publisher::new(js.clone()), client, js, records })
+        let records = JsonKv::open(&js, KV_BACKUPS, "").await?;
+        let restores = JsonKv::open(&js, KV_RESTORES, "record.").await?;
+        let pending = JsonKv::open(&js, KV_RESTORES, "pending.").await?;
+        Ok(Nats { publisher: Publisher::new(js.clone()), client, js, records, restores, pending })
     }
 }
 
@@ -42,7 +50,7 @@ impl Context {
         self.kube.as_ref().ok_or_else(|| HandleError::permanent("no Kubernetes API configured (set KUBECONFIG)"))
     }
 
-    pub fn records(&self) -> Option<&RecordStore> {
+    pub fn records(&self) -> Option<&JsonKv<BackupRecord>> {
         self.nats.as_ref().map(|n| &n.records)
     }
 

@@ -6,7 +6,7 @@
 //! key and repository credentials are referenced by Secret name only.
 
 use crate::settings::Settings;
-use coracle_events::{BackupRef, PlannedVolume};
+use coracle_events::{BackupRef, PlannedVolume, RestoreRef, RestoreVolume};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HostPathVolumeSource,
@@ -22,10 +22,14 @@ use std::time::Duration;
 
 /// Where the node's kubelet pods directory is mounted inside a Job's container.
 pub const PODS_MOUNT: &str = "/host/pods";
+/// Where a restore Job mounts its target pod's own directory.
+pub const POD_MOUNT: &str = "/host/pod";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_BACKUP_UID: &str = "coracle.dev/backup-uid";
+pub const LABEL_RESTORE_UID: &str = "coracle.dev/restore-uid";
 pub const LABEL_OPERATION: &str = "coracle.dev/operation";
 pub const ANNOTATION_BACKUP_NAME: &str = "coracle.dev/backup-name";
+pub const ANNOTATION_RESTORE_NAME: &str = "coracle.dev/restore-name";
 pub const ANNOTATION_NODE: &str = "coracle.dev/node";
 /// Set by Kubernetes on pods of Jobs with `backoffLimitPerIndex`; tells the binary its attempt.
 const INDEX_FAILURE_COUNT: &str = "metadata.annotations['batch.kubernetes.io/job-index-failure-count']";
@@ -34,6 +38,12 @@ const INDEX_FAILURE_COUNT: &str = "metadata.annotations['batch.kubernetes.io/job
 pub fn backup_job_name(backup_uid: &str, node: &str) -> String {
     let digest = Sha256::digest(format!("{backup_uid}/{node}").as_bytes());
     format!("coracle-backup-{}", &hex::encode(digest)[..20])
+}
+
+/// Deterministic Job name for one restore into one pod.
+pub fn restore_job_name(restore_uid: &str, pod_uid: &str) -> String {
+    let digest = Sha256::digest(format!("restore/{restore_uid}/{pod_uid}").as_bytes());
+    format!("coracle-restore-{}", &hex::encode(digest)[..20])
 }
 
 /// The Jobs for a plan, one per node, ordered by node name.
@@ -47,34 +57,107 @@ pub fn backup_jobs(
     for v in volumes {
         by_node.entry(v.node.as_str()).or_default().push(v);
     }
-    by_node.into_iter().map(|(node, vols)| backup_job(backup, node, &vols, volume_timeout, settings)).collect()
+    by_node
+        .into_iter()
+        .map(|(node, vols)| {
+            let name = backup_job_name(&backup.uid, node);
+            let volumes_json = serde_json::to_string(&vols).unwrap_or_else(|_| "[]".into());
+            volume_job(
+                JobShape {
+                    env: vec![
+                        env_value("CORACLE_BACKUP_NAME", &backup.name),
+                        env_value("CORACLE_BACKUP_UID", &backup.uid),
+                        env_value("CORACLE_JOB_NAME", &name),
+                        env_value("CORACLE_VOLUMES", &volumes_json),
+                        env_value("CORACLE_PODS_ROOT", PODS_MOUNT),
+                    ],
+                    name,
+                    operation: "backup",
+                    uid_label: (LABEL_BACKUP_UID, &backup.uid),
+                    annotations: vec![
+                        (ANNOTATION_BACKUP_NAME, backup.name.clone()),
+                        (ANNOTATION_NODE, node.to_string()),
+                    ],
+                    node,
+                    count: vols.len(),
+                    // Backups read the whole pods directory, including mounts made after the Job started.
+                    host_path: settings.pods_root(),
+                    mount_path: PODS_MOUNT,
+                    read_only: true,
+                },
+                volume_timeout,
+                settings,
+            )
+        })
+        .collect()
 }
 
-fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeout: Duration, s: &Settings) -> Job {
-    let name = backup_job_name(&backup.uid, node);
-    let count = i32::try_from(volumes.len()).unwrap_or(i32::MAX);
+/// The restore Job for one pod: it mounts only that pod's directory, read-write.
+pub fn restore_job(
+    restore: &RestoreRef,
+    pod_uid: &str,
+    node: &str,
+    volumes: &[RestoreVolume],
+    volume_timeout: Duration,
+    settings: &Settings,
+) -> Job {
+    let name = restore_job_name(&restore.uid, pod_uid);
+    let volumes_json = serde_json::to_string(volumes).unwrap_or_else(|_| "[]".into());
+    volume_job(
+        JobShape {
+            env: vec![
+                env_value("CORACLE_RESTORE_NAME", &restore.name),
+                env_value("CORACLE_RESTORE_UID", &restore.uid),
+                env_value("CORACLE_JOB_NAME", &name),
+                env_value("CORACLE_RESTORE_VOLUMES", &volumes_json),
+                env_value("CORACLE_POD_DIR", POD_MOUNT),
+            ],
+            name,
+            operation: "restore",
+            uid_label: (LABEL_RESTORE_UID, &restore.uid),
+            annotations: vec![(ANNOTATION_RESTORE_NAME, restore.name.clone()), (ANNOTATION_NODE, node.to_string())],
+            node,
+            count: volumes.len(),
+            host_path: format!("{}/{pod_uid}", settings.pods_root()),
+            mount_path: POD_MOUNT,
+            read_only: false,
+        },
+        volume_timeout,
+        settings,
+    )
+}
+
+/// What differs between a backup Job and a restore Job.
+struct JobShape<'a> {
+    name: String,
+    operation: &'static str,
+    uid_label: (&'static str, &'a str),
+    annotations: Vec<(&'static str, String)>,
+    node: &'a str,
+    count: usize,
+    env: Vec<EnvVar>,
+    host_path: String,
+    mount_path: &'static str,
+    read_only: bool,
+}
+
+fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
+    let count = i32::try_from(shape.count).unwrap_or(i32::MAX);
     let parallelism = s.per_node_concurrency.clamp(1, count.max(1));
     let per_volume = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX).max(60);
     // The Job as a whole may take as many rounds as the parallelism needs, each possibly retried.
     let rounds = i64::from((count + parallelism - 1) / parallelism);
     let job_deadline = per_volume.saturating_mul(rounds).saturating_mul(i64::from(s.backoff_limit_per_index) + 1);
-    let volumes_json = serde_json::to_string(volumes).unwrap_or_else(|_| "[]".into());
 
     let labels = BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), "coracle".to_string()),
-        (LABEL_BACKUP_UID.to_string(), backup.uid.clone()),
-        (LABEL_OPERATION.to_string(), "backup".to_string()),
+        (shape.uid_label.0.to_string(), shape.uid_label.1.to_string()),
+        (LABEL_OPERATION.to_string(), shape.operation.to_string()),
     ]);
-    let annotations = BTreeMap::from([
-        (ANNOTATION_BACKUP_NAME.to_string(), backup.name.clone()),
-        (ANNOTATION_NODE.to_string(), node.to_string()),
-    ]);
-    let mut env = vec![
-        env_value("CORACLE_BACKUP_NAME", &backup.name),
-        env_value("CORACLE_BACKUP_UID", &backup.uid),
-        env_value("CORACLE_JOB_NAME", &name),
-        env_value("CORACLE_VOLUMES", &volumes_json),
-        env_value("CORACLE_PODS_ROOT", PODS_MOUNT),
+    let annotations: BTreeMap<String, String> =
+        shape.annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut env = shape.env;
+    env.extend([
         env_value("CORACLE_REPOSITORY_PREFIX", &s.repository_prefix),
         env_value("CORACLE_BACKOFF_LIMIT_PER_INDEX", &s.backoff_limit_per_index.to_string()),
         env_value("RESTIC_CACHE_DIR", "/cache"),
@@ -98,7 +181,7 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
             }),
             ..Default::default()
         },
-    ];
+    ]);
     if !s.nats_url.is_empty() {
         env.push(env_value("CORACLE_NATS_URL", &s.nats_url));
     }
@@ -110,10 +193,10 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
     });
     let quantity = |q: &str| Quantity(q.to_string());
     let container = Container {
-        name: "backup".into(),
+        name: shape.operation.into(),
         image: Some(s.job_image.clone()),
         image_pull_policy: Some(s.image_pull_policy.clone()),
-        command: Some(vec!["coracle-volume-job".into(), "backup".into()]),
+        command: Some(vec!["coracle-volume-job".into(), shape.operation.into()]),
         env: Some(env),
         env_from,
         resources: Some(ResourceRequirements {
@@ -143,8 +226,8 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "pods".into(),
-                mount_path: PODS_MOUNT.into(),
-                read_only: Some(true),
+                mount_path: shape.mount_path.into(),
+                read_only: Some(shape.read_only),
                 mount_propagation: Some("HostToContainer".into()),
                 ..Default::default()
             },
@@ -168,7 +251,7 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
                         match_expressions: Some(vec![NodeSelectorRequirement {
                             key: "kubernetes.io/hostname".into(),
                             operator: "In".into(),
-                            values: Some(vec![node.to_string()]),
+                            values: Some(vec![shape.node.to_string()]),
                         }]),
                         ..Default::default()
                     }],
@@ -190,7 +273,7 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
         volumes: Some(vec![
             Volume {
                 name: "pods".into(),
-                host_path: Some(HostPathVolumeSource { path: s.pods_root(), type_: Some("Directory".into()) }),
+                host_path: Some(HostPathVolumeSource { path: shape.host_path, type_: Some("Directory".into()) }),
                 ..Default::default()
             },
             Volume { name: "cache".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
@@ -200,7 +283,7 @@ fn backup_job(backup: &BackupRef, node: &str, volumes: &[&PlannedVolume], timeou
     };
     Job {
         metadata: ObjectMeta {
-            name: Some(name),
+            name: Some(shape.name),
             namespace: Some(s.system_namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(annotations.clone()),
@@ -311,5 +394,33 @@ mod tests {
             key.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).map(|r| r.name.as_str()),
             Some("coracle-master-key")
         );
+    }
+
+    #[test]
+    fn a_restore_job_mounts_only_its_pod_directory_read_write() {
+        let restore = RestoreRef { name: "r1".into(), uid: "9d1e0c52-8f0e-4d55-9d0c-3b1f4f3c7d10".into() };
+        let pod_uid = "0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11";
+        let vol = RestoreVolume {
+            namespace: "shop".into(),
+            pod: "web-x".into(),
+            pod_uid: pod_uid.into(),
+            volume: "data".into(),
+            dir: "pv-1".into(),
+            source_namespace: "shop".into(),
+            snapshot_id: "abc".into(),
+        };
+        let job = restore_job(&restore, pod_uid, "node-2", &[vol], Duration::from_secs(600), &Settings::default());
+        assert_eq!(job.metadata.name, Some(restore_job_name(&restore.uid, pod_uid)));
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        let host = pod.volumes.as_ref().expect("volumes")[0].host_path.as_ref().expect("hostPath");
+        assert_eq!(host.path, format!("/var/lib/kubelet/pods/{pod_uid}"));
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["coracle-volume-job".to_string(), "restore".to_string()][..]));
+        let mount = &c.volume_mounts.as_ref().expect("mounts")[0];
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (POD_MOUNT, Some(false)));
+        let env = c.env.as_ref().expect("env");
+        assert!(env
+            .iter()
+            .any(|e| e.name == "CORACLE_RESTORE_VOLUMES" && e.value.as_deref().is_some_and(|v| v.contains("pv-1"))));
     }
 }

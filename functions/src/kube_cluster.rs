@@ -118,3 +118,26 @@ pub async fn create_job(client: &Client, job: &Job) -> Result<bool, KubeError> {
         Err(e) => Err(api_err(format!("creating Job {ns}/{name}"))(e)),
     }
 }
+
+/// Reads one pod; None when it is gone.
+pub async fn pod(client: &Client, namespace: &str, name: &str) -> Result<Option<Pod>, KubeError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await.map_err(api_err(format!("reading pod {namespace}/{name}")))
+}
+
+/// The PV a claim is bound to.
+pub async fn claim_volume(client: &Client, namespace: &str, claim: &str) -> Result<Option<String>, KubeError> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let pvc = api.get_opt(claim).await.map_err(api_err(format!("reading PVC {namespace}/{claim}")))?;
+    Ok(pvc.and_then(|p| p.spec).and_then(|s| s.volume_name).filter(|v| !v.is_empty()))
+}
+
+/// Sets a label on a namespace (merge patch; creating nothing).
+pub async fn label_namespace(client: &Client, namespace: &str, key: &str, value: &str) -> Result<(), KubeError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+    api.patch(namespace, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(api_err(format!("labelling namespace {namespace}")))?;
+    Ok(())
+}

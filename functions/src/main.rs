@@ -33,6 +33,52 @@ enum Command {
     /// Inspect backups.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Inspect restores.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+    /// Answer one AdmissionReview offline.
+    #[command(subcommand)]
+    Admission(AdmissionCommand),
+    /// Serve the admission endpoints over HTTPS.
+    Serve(ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum RestoreCommand {
+    /// Show one restore's record: every target with its state, pod and figures.
+    Describe {
+        name: String,
+        #[arg(long, env = "CORACLE_NATS_URL")]
+        nats: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Table)]
+        output: cli::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdmissionCommand {
+    /// Read an AdmissionReview v1 and print the AdmissionReview response.
+    Review {
+        #[arg(long)]
+        file: PathBuf,
+        /// Pending restores: what `coracle plan restore -o json` prints.
+        #[arg(long)]
+        pending: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "0.0.0.0:8443", env = "CORACLE_LISTEN")]
+    listen: String,
+    #[arg(long, env = "CORACLE_TLS_CERT")]
+    tls_cert: PathBuf,
+    #[arg(long, env = "CORACLE_TLS_KEY")]
+    tls_key: PathBuf,
+    #[arg(long, env = "CORACLE_NATS_URL")]
+    nats: String,
+    #[arg(long, env = "CORACLE_SYSTEM_NAMESPACE", default_value = coracle_functions::settings::DEFAULT_SYSTEM_NAMESPACE)]
+    system_namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +93,17 @@ enum PlanCommand {
         request: PathBuf,
         #[arg(short = 'o', long, value_enum, default_value_t = PlanOutput::Json)]
         output: PlanOutput,
+    },
+    /// Which volumes a restore request would restore, keyed as admission will match them.
+    Restore {
+        /// A backup record: what `coracle backup describe NAME -o json` prints.
+        #[arg(long)]
+        record: PathBuf,
+        /// The request (JSON or YAML), bare or as a whole coracle.restore.requested CloudEvent.
+        #[arg(long)]
+        request: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Json)]
+        output: cli::Format,
     },
 }
 
@@ -158,6 +215,52 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             print!("{out}");
         }
+        Command::Plan(PlanCommand::Restore { record, request, output }) => {
+            let record: coracle_functions::record::BackupRecord =
+                serde_json::from_slice(&read_input(&record.to_string_lossy())?).with_context(|| {
+                    format!("{} is not a backup record (coracle backup describe NAME -o json)", record.display())
+                })?;
+            let request = coracle_functions::request::parse_restore_request(&read_input(&request.to_string_lossy())?)
+                .with_context(|| format!("reading request {}", request.display()))?;
+            print!("{}", cli::restore_plan(&request, &record, output)?);
+        }
+        Command::Restore(RestoreCommand::Describe { name, nats, output }) => {
+            let n = Nats::connect(&nats).await?;
+            let Some((record, _)) = n.restores.get(&name).await? else { bail!("no restore named {name}") };
+            print!("{}", cli::restore_describe(&record, output)?);
+        }
+        Command::Admission(AdmissionCommand::Review { file, pending }) => {
+            let store = coracle_functions::handlers::admit::MemoryPending::default();
+            if let Some(path) = pending {
+                let plan: coracle_functions::plan_restore::RestorePlan =
+                    serde_json::from_slice(&read_input(&path.to_string_lossy())?).with_context(|| {
+                        format!("{} is not a restore plan (coracle plan restore -o json)", path.display())
+                    })?;
+                let mut map = store.0.lock().map_err(|_| anyhow::anyhow!("pending entries poisoned"))?;
+                for entry in plan.entries {
+                    let key = coracle_functions::plan_restore::pending_key(&entry.target_namespace, &entry.target);
+                    map.insert(key, coracle_functions::restore_state::PendingEntry::new(entry));
+                }
+            }
+            let settings =
+                coracle_functions::admission::HelperSettings::from(&coracle_functions::settings::Settings::default());
+            let body = read_input(&file.to_string_lossy())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &coracle_functions::handlers::admit::review(&store, &settings, &body).await
+                )?
+            );
+        }
+        Command::Serve(args) => {
+            let n = Nats::connect(&args.nats).await?;
+            let settings = match kube_client().await {
+                Some(client) => coracle_functions::kube_cluster::settings(&client, &args.system_namespace).await?,
+                None => coracle_functions::settings::Settings::default(),
+            };
+            let app = coracle_functions::serve::router(n.pending.clone(), (&settings).into());
+            coracle_functions::serve::serve(&args.listen, &args.tls_cert, &args.tls_key, app).await?;
+        }
         Command::Setup(SetupCommand::Nats { nats }) => {
             Nats::connect(&nats).await?;
             println!("stream {} and KV buckets are ready", coracle_events::subjects::STREAM);
@@ -165,7 +268,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Fn(args) => return run_function(args).await,
         Command::Backup(BackupCommand::Get { nats, output }) => {
             let n = Nats::connect(&nats).await?;
-            print!("{}", cli::backups_list(&n.records.list().await?, output)?);
+            let mut records = n.records.list().await?;
+            records.sort_by_key(|r| std::cmp::Reverse(r.started));
+            print!("{}", cli::backups_list(&records, output)?);
         }
         Command::Backup(BackupCommand::Describe { name, nats, output }) => {
             let n = Nats::connect(&nats).await?;

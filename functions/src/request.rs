@@ -8,27 +8,59 @@
 
 use crate::duration::parse_duration;
 use crate::selector::{is_dns1123_label, is_dns1123_subdomain, Selector};
-use coracle_events::{BackupRequest, CloudEvent, DecodeError};
+use coracle_events::{BackupRequest, CloudEvent, DecodeError, EventData, RestoreRequest};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("backup request is empty")]
+    #[error("request is empty")]
     Empty,
-    #[error("backup request is not valid JSON: {0}")]
+    #[error("request is not valid JSON: {0}")]
     Json(#[source] serde_json::Error),
-    #[error("backup request is not valid YAML: {0}")]
+    #[error("request is not valid YAML: {0}")]
     Yaml(#[source] serde_yaml::Error),
-    #[error("backup request event: {0}")]
+    #[error("request event: {0}")]
     Event(#[from] DecodeError),
-    #[error("backup request: {0}")]
+    #[error("request: {0}")]
     Shape(String),
-    #[error("backup request field {field}: {reason}")]
+    #[error("request field {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
 
 /// Parses and validates a backup request (bare or wrapped in a CloudEvent, JSON or YAML).
 pub fn parse_backup_request(bytes: &[u8]) -> Result<BackupRequest, RequestError> {
+    let request = parse_request::<BackupRequest>(bytes)?;
+    validate(&request)?;
+    Ok(request)
+}
+
+/// Parses and validates a restore request, in the same forms as a backup request.
+pub fn parse_restore_request(bytes: &[u8]) -> Result<RestoreRequest, RequestError> {
+    let request = parse_request::<RestoreRequest>(bytes)?;
+    if !is_dns1123_subdomain(&request.name) {
+        return Err(RequestError::Invalid {
+            field: "name",
+            reason: format!("{:?} is not a valid Kubernetes name", request.name),
+        });
+    }
+    if !is_dns1123_subdomain(&request.backup) {
+        return Err(RequestError::Invalid {
+            field: "backup",
+            reason: format!("{:?} is not a valid backup name", request.backup),
+        });
+    }
+    for (field, names) in
+        [("includedNamespaces", &request.included_namespaces), ("excludedNamespaces", &request.excluded_namespaces)]
+    {
+        if let Some(bad) = names.iter().find(|n| *n != "*" && !is_dns1123_label(n)) {
+            return Err(RequestError::Invalid { field, reason: format!("{bad:?} is not a valid namespace name") });
+        }
+    }
+    Ok(request)
+}
+
+/// A request of type `T`, bare or wrapped in a CloudEvent, JSON or YAML.
+fn parse_request<T: EventData>(bytes: &[u8]) -> Result<T, RequestError> {
     let text = String::from_utf8_lossy(bytes);
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if trimmed.is_empty() {
@@ -58,12 +90,10 @@ pub fn parse_backup_request(bytes: &[u8]) -> Result<BackupRequest, RequestError>
         } else {
             serde_json::to_vec(&Value::Object(object)).map_err(RequestError::Json)?
         };
-        CloudEvent::parse(&json)?.into_typed::<BackupRequest>()?.data
+        CloudEvent::parse(&json)?.into_typed::<T>()?.data
     } else {
-        serde_json::from_value::<BackupRequest>(Value::Object(object))
-            .map_err(|e| RequestError::Shape(e.to_string()))?
+        serde_json::from_value::<T>(Value::Object(object)).map_err(|e| RequestError::Shape(e.to_string()))?
     };
-    validate(&request)?;
     Ok(request)
 }
 

@@ -1,11 +1,14 @@
 //! The functions: each turns one event into effects (KV records, Jobs, published events).
 //! Every runner (once, NATS, Lambda) calls `Function::handle` the same way.
 
+pub mod admit;
 pub mod plan_backup;
+pub mod plan_restore;
 pub mod record_result;
+pub mod start_restore;
 
 use crate::context::Context;
-use crate::record_store::StoreError;
+use crate::kv_json::StoreError;
 use coracle_events::consume::HandleError;
 use coracle_events::subjects;
 
@@ -13,6 +16,14 @@ use coracle_events::subjects;
 pub enum Function {
     PlanBackup,
     RecordResult,
+    PlanRestore,
+    StartRestore,
+}
+
+/// A stable uid for a request without one: the same event id always yields the same uid, so a
+/// redelivered request names the same backup or restore.
+pub fn event_uid(kind: &str, event_id: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("coracle:{kind}:{event_id}").as_bytes()).to_string()
 }
 
 impl Function {
@@ -20,6 +31,8 @@ impl Function {
         match self {
             Function::PlanBackup => "plan-backup",
             Function::RecordResult => "record-result",
+            Function::PlanRestore => "plan-restore",
+            Function::StartRestore => "start-restore",
         }
     }
 
@@ -27,7 +40,14 @@ impl Function {
     pub fn subjects(self) -> &'static [&'static str] {
         match self {
             Function::PlanBackup => &[subjects::BACKUP_REQUESTED],
-            Function::RecordResult => &[subjects::VOLUME_BACKUP_COMPLETED, subjects::VOLUME_BACKUP_FAILED],
+            Function::RecordResult => &[
+                subjects::VOLUME_BACKUP_COMPLETED,
+                subjects::VOLUME_BACKUP_FAILED,
+                subjects::VOLUME_RESTORE_COMPLETED,
+                subjects::VOLUME_RESTORE_FAILED,
+            ],
+            Function::PlanRestore => &[subjects::RESTORE_REQUESTED],
+            Function::StartRestore => &[subjects::RESTORE_POD_READY],
         }
     }
 
@@ -35,6 +55,8 @@ impl Function {
         match self {
             Function::PlanBackup => plan_backup::handle(ctx, payload).await,
             Function::RecordResult => record_result::handle(ctx, payload).await,
+            Function::PlanRestore => plan_restore::handle(ctx, payload).await,
+            Function::StartRestore => start_restore::handle(ctx, payload).await,
         }
     }
 }
@@ -42,7 +64,7 @@ impl Function {
 impl From<StoreError> for HandleError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => HandleError::retryable(e),
+            StoreError::Unavailable { .. } => HandleError::retryable(e),
             StoreError::Corrupt { .. } => HandleError::permanent(e),
         }
     }

@@ -9,9 +9,9 @@ use crate::context::Context;
 use crate::handlers::record_result::publish_completion;
 use crate::jobs::backup_jobs;
 use crate::kube_cluster;
+use crate::kv_json::Created;
 use crate::plan_backup::plan_backup;
 use crate::record::{BackupRecord, RecordPhase};
-use crate::record_store::Created;
 use crate::request::parse_backup_request;
 use crate::settings::Settings;
 use chrono::Utc;
@@ -24,7 +24,7 @@ pub const NAME: &str = "plan-backup";
 pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
     let event = CloudEvent::parse(payload).map_err(HandleError::permanent)?;
     let mut request = parse_backup_request(payload).map_err(HandleError::permanent)?;
-    let uid = request.uid.clone().unwrap_or_else(|| uid_for_event(&event.id));
+    let uid = request.uid.clone().unwrap_or_else(|| crate::handlers::event_uid("backup", &event.id));
     request.uid = Some(uid.clone());
     let backup = BackupRef { name: request.name.clone(), uid };
 
@@ -52,7 +52,7 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
     };
     let record = BackupRecord::from_plan(&planned, now);
     if let Some(records) = ctx.records() {
-        if let Created::Exists(existing) = records.create(&record).await? {
+        if let Created::Exists(existing) = records.create(&record.backup.name, &record).await? {
             // A concurrent delivery of the same request won the race; continue from its record.
             return resume(ctx, *existing, &backup).await;
         }
@@ -119,9 +119,4 @@ fn durations(request: &BackupRequest, settings: &Settings) -> Result<(Duration, 
         parse(request.volume_timeout.as_ref(), &settings.default_volume_timeout, "volumeTimeout")?,
         parse(request.ttl.as_ref(), &settings.default_ttl, "ttl")?,
     ))
-}
-
-/// A stable uid for a request without one: the same event id always yields the same backup.
-pub fn uid_for_event(event_id: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("coracle:backup:{event_id}").as_bytes()).to_string()
 }
