@@ -434,3 +434,41 @@ pub enum RestoreOutcome {
 /// the reason. The restore-wait helper waits for these and removes them.
 pub const MARKER_DIR: &str = ".coracle";
 pub const FAILED_MARKER_SUFFIX: &str = ".failed";
+
+fn volume_event_prefix(uid: &str, namespace: &str, pod: &str, volume: &str) -> String {
+    format!("{uid}.{namespace}.{pod}.{volume}")
+}
+
+impl VolumeBackupCompleted {
+    /// Deterministic: the Job and a sweep that recovers the same result publish the same id.
+    pub fn event_id(&self) -> String {
+        let v = &self.volume;
+        format!("{}.completed", volume_event_prefix(&self.backup.uid, &v.namespace, &v.pod, &v.volume))
+    }
+}
+
+impl VolumeBackupFailed {
+    /// One id per failed attempt, so each retry's failure is recorded once.
+    pub fn event_id(&self) -> String {
+        let v = &self.volume;
+        format!("{}.failed.{}", volume_event_prefix(&self.backup.uid, &v.namespace, &v.pod, &v.volume), self.attempt)
+    }
+}
+
+impl VolumeRestoreCompleted {
+    pub fn event_id(&self) -> String {
+        let v = &self.volume;
+        format!("{}.restore-completed", volume_event_prefix(&self.restore.uid, &v.namespace, &v.pod, &v.volume))
+    }
+}
+
+impl VolumeRestoreFailed {
+    pub fn event_id(&self) -> String {
+        let v = &self.volume;
+        format!(
+            "{}.restore-failed.{}",
+            volume_event_prefix(&self.restore.uid, &v.namespace, &v.pod, &v.volume),
+            self.attempt
+        )
+    }
+}

@@ -141,3 +141,17 @@ pub async fn label_namespace(client: &Client, namespace: &str, key: &str, value:
         .map_err(api_err(format!("labelling namespace {namespace}")))?;
     Ok(())
 }
+
+/// Coracle's Jobs and their pods carrying a label (`coracle.dev/backup-uid=<uid>`), one paginated
+/// LIST each.
+pub async fn jobs_and_pods(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<(Vec<Job>, Vec<Pod>), KubeError> {
+    let jobs =
+        list_all(Api::namespaced(client.clone(), namespace), &format!("Jobs {selector}"), Some(selector)).await?;
+    let pods =
+        list_all(Api::namespaced(client.clone(), namespace), &format!("pods {selector}"), Some(selector)).await?;
+    Ok((jobs, pods))
+}

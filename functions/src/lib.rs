@@ -20,3 +20,4 @@ pub mod selector;
 pub mod serve;
 pub mod settings;
 pub mod snapshot;
+pub mod sweep;

@@ -41,6 +41,13 @@ enum Command {
     Admission(AdmissionCommand),
     /// Serve the admission endpoints over HTTPS.
     Serve(ServeArgs),
+    /// Recover results from Jobs' termination messages and fail volumes whose Job gave up.
+    Sweep {
+        #[arg(long, env = "CORACLE_NATS_URL")]
+        nats: String,
+        #[arg(long, env = "CORACLE_SYSTEM_NAMESPACE", default_value = coracle_functions::settings::DEFAULT_SYSTEM_NAMESPACE)]
+        system_namespace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +267,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let app = coracle_functions::serve::router(n.pending.clone(), (&settings).into());
             coracle_functions::serve::serve(&args.listen, &args.tls_cert, &args.tls_key, app).await?;
+        }
+        Command::Sweep { nats, system_namespace } => {
+            let ctx = Context::new(kube_client().await, Some(Nats::connect(&nats).await?), &system_namespace);
+            let published = coracle_functions::handlers::sweep::run(&ctx).await?;
+            println!("sweep: published {published} recovered result(s)");
         }
         Command::Setup(SetupCommand::Nats { nats }) => {
             Nats::connect(&nats).await?;

@@ -6,6 +6,7 @@ pub mod plan_backup;
 pub mod plan_restore;
 pub mod record_result;
 pub mod start_restore;
+pub mod sweep;
 
 use crate::context::Context;
 use crate::kv_json::StoreError;
