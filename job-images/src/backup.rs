@@ -1,18 +1,16 @@
-//! One Job index end to end: pick the volume, resolve it on the node, open (or create) the
-//! namespace's repository, find the parent by identity, run restic, judge the result, publish
-//! events and write the termination message.
+//! One backup Job index end to end: pick the volume, resolve it on the node, open (or create)
+//! the namespace's repository, find the parent by identity, run restic, judge the result,
+//! publish events and write the termination message.
 
-use crate::cli::{parse_count, BackupArgs};
-use crate::keys::KeyError;
+use crate::cli::BackupArgs;
+use crate::job::{self, Attempt};
 use crate::names::{self, NameError, NameKind};
 use crate::notify::{self, Notifier};
-use crate::paths::{self, PathError};
+use crate::paths;
 use crate::progress::{self, Throttle, PROGRESS_INTERVAL};
 use crate::restic::json::{ItemError, Message};
-use crate::restic::{self, BackupOptions, BackupRun, Repository, Restic, ResticError, SnapshotFilter};
-use crate::scrub::Scrubber;
-use crate::tags::{self, TagError};
-use crate::termination;
+use crate::restic::{self, BackupOptions, BackupRun, Restic, SnapshotFilter};
+use crate::tags;
 use coracle_events::{
     job_source, BackupRef, BackupStats, PlannedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeOutcome,
     VolumeSource,
@@ -21,56 +19,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+pub use crate::job::{JobError, JobResult};
+
 /// Warnings carried by the completion event; the rest are counted.
 pub const MAX_WARNINGS: usize = 100;
-/// How long restic waits for a conflicting exclusive lock (a concurrent prune) before failing.
-const RETRY_LOCK: Duration = Duration::from_secs(120);
 /// How long to wait for queued progress events once restic is done.
 const PROGRESS_DRAIN: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("invalid job settings: {0}")]
-    Settings(String),
-    #[error(transparent)]
-    Name(#[from] NameError),
-    #[error(transparent)]
-    Tag(#[from] TagError),
-    #[error(transparent)]
-    Path(#[from] PathError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error("repository {repository}: {source}")]
-    Repository { repository: String, source: ResticError },
-    #[error("finding the parent snapshot: {0}")]
-    Parent(ResticError),
-    #[error("{0}")]
-    Restic(ResticError),
-    #[error("{0}")]
-    Backup(String),
-    #[error("terminated by {0} before the backup finished (activeDeadlineSeconds reached or pod deleted)")]
-    Terminated(&'static str),
-}
-
-impl JobError {
-    /// 2 for errors a retry cannot fix (bad settings or names, a refused path), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            JobError::Settings(_) | JobError::Name(_) | JobError::Tag(_) | JobError::Key(_) => 2,
-            JobError::Path(PathError::Name(_) | PathError::Escape { .. }) => 2,
-            _ => 1,
-        }
-    }
-}
-
-/// What a finished index reports.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobResult {
-    pub outcome: VolumeOutcome,
-    pub exit_code: i32,
-    /// The termination message as written (`None` if writing failed).
-    pub termination_message: Option<String>,
-}
 
 /// Runs one index. Never fails: every error becomes a `Failed` outcome.
 pub async fn run(args: &BackupArgs) -> JobResult {
@@ -78,20 +32,10 @@ pub async fn run(args: &BackupArgs) -> JobResult {
         name: args.backup_name.clone().unwrap_or_default(),
         uid: args.backup_uid.clone().unwrap_or_default(),
     };
-    let attempt = parse_count("CORACLE_ATTEMPT", args.attempt.as_deref(), 0).unwrap_or_else(|e| {
-        tracing::warn!("{e}; assuming 0");
-        0
-    });
-    let backoff_limit = parse_count("CORACLE_BACKOFF_LIMIT_PER_INDEX", args.backoff_limit_per_index.as_deref(), 0)
-        .unwrap_or_else(|e| {
-            tracing::warn!("{e}; assuming 0");
-            0
-        });
-    let is_final = attempt >= backoff_limit;
-    let mut scrubber = Scrubber::from_env();
-    if let Ok(key) = args.master_key() {
-        scrubber.add(&String::from_utf8_lossy(key.expose()));
-    }
+    let attempt = Attempt::from_args(&args.job);
+    let is_final = attempt.is_last();
+    let attempt = attempt.number;
+    let scrubber = job::scrubber(&args.job);
 
     let (outcome, exit_code) = match select_volume(args) {
         Err(e) => {
@@ -102,12 +46,12 @@ pub async fn run(args: &BackupArgs) -> JobResult {
             (VolumeOutcome::Failed(failed), e.exit_code())
         }
         Ok(volume) => {
-            let job = args.job_name.as_deref().filter(|j| !j.is_empty()).unwrap_or("unknown");
             let notifier =
-                Notifier::connect(args.nats_url.as_deref(), job_source(job), Some(backup.name.clone())).await;
+                Notifier::connect(args.job.nats_url.as_deref(), job_source(args.job.job()), Some(backup.name.clone()))
+                    .await;
             let result = tokio::select! {
                 result = backup_volume(args, &backup, &volume, attempt, &notifier) => result,
-                signal = terminated() => Err(JobError::Terminated(signal)),
+                signal = job::terminated() => Err(JobError::Terminated(signal)),
             };
             match result {
                 Ok(done) => {
@@ -128,27 +72,21 @@ pub async fn run(args: &BackupArgs) -> JobResult {
                         warnings: done.warnings.iter().map(|w| scrubber.scrub(w)).collect(),
                         attempt,
                     };
-                    notifier.publish(notify::completed_id(&backup.uid, &volume), completed.clone()).await;
+                    notifier.publish(completed.event_id(), completed.clone()).await;
                     (VolumeOutcome::Completed(completed), 0)
                 }
                 Err(e) => {
                     let reason = scrubber.scrub(&e.to_string());
                     tracing::error!(attempt, is_final, "backup of {} failed: {reason}", volume.key());
                     let failed = failed(&backup, volume.clone(), reason, attempt, is_final);
-                    notifier.publish(notify::failed_id(&backup.uid, &volume, attempt), failed.clone()).await;
+                    notifier.publish(failed.event_id(), failed.clone()).await;
                     (VolumeOutcome::Failed(failed), e.exit_code())
                 }
             }
         }
     };
 
-    let termination_message = match termination::write_outcome(&args.termination_log, &outcome) {
-        Ok(text) => Some(text),
-        Err(e) => {
-            tracing::error!("cannot write the termination message to {}: {e}", args.termination_log.display());
-            None
-        }
-    };
+    let termination_message = job::write_termination(&args.job.termination_log, &outcome);
     JobResult { outcome, exit_code, termination_message }
 }
 
@@ -180,24 +118,7 @@ fn placeholder_volume() -> PlannedVolume {
 
 /// This index's entry of `CORACLE_VOLUMES`.
 pub fn select_volume(args: &BackupArgs) -> Result<PlannedVolume, JobError> {
-    let index = args.index.as_deref().map(str::trim).filter(|i| !i.is_empty());
-    let index: usize = index
-        .ok_or_else(|| JobError::Settings("JOB_COMPLETION_INDEX (--index) is not set".into()))?
-        .parse()
-        .map_err(|_| {
-            JobError::Settings(format!("JOB_COMPLETION_INDEX {} is not an index", names::quote(index.unwrap_or(""))))
-        })?;
-    let raw = args
-        .volumes
-        .as_deref()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| JobError::Settings("CORACLE_VOLUMES (--volumes) is not set".into()))?;
-    let volumes: Vec<PlannedVolume> = serde_json::from_str(raw)
-        .map_err(|e| JobError::Settings(format!("CORACLE_VOLUMES is not a JSON array of planned volumes: {e}")))?;
-    let count = volumes.len();
-    volumes.into_iter().nth(index).ok_or_else(|| {
-        JobError::Settings(format!("JOB_COMPLETION_INDEX {index} is out of range: CORACLE_VOLUMES has {count} volumes"))
-    })
+    job::select_entry(args.job.index.as_deref(), args.volumes.as_deref(), "CORACLE_VOLUMES", "planned volumes")
 }
 
 /// Checks the names that reach paths, tags and event ids (pod uid and directory are checked
@@ -237,30 +158,7 @@ async fn backup_volume(
     let resolved = paths::resolve_planned(&args.pods_root, volume)?;
     tracing::info!(attempt, "backing up {} from {}", volume.key(), resolved.path.display());
 
-    let master = args.master_key()?;
-    if master.is_weak() {
-        tracing::warn!("the master key is shorter than 16 bytes; use a long random key");
-    }
-    let generation =
-        parse_count("CORACLE_KEY_GENERATION", args.key_generation.as_deref(), 1).map_err(JobError::Settings)?;
-    let prefix = args
-        .repository_prefix
-        .as_deref()
-        .filter(|p| !p.trim().is_empty())
-        .ok_or_else(|| JobError::Settings("CORACLE_REPOSITORY_PREFIX (--repository-prefix) is not set".into()))?;
-    let repository =
-        Repository::for_namespace(prefix, &volume.namespace).map_err(|e| JobError::Settings(e.to_string()))?;
-    let mut restic = Restic::new(&args.restic, repository, master.namespace_password(&volume.namespace, generation));
-    restic.add_secret(&String::from_utf8_lossy(master.expose()));
-
-    let version = restic.version().await.map_err(JobError::Restic)?;
-    tracing::info!("restic {version}, repository {}", restic.repository());
-    if version < restic::ResticVersion::new(0, 14, 0) {
-        tracing::warn!("restic {version} is older than 0.14, the oldest version Coracle is tested with");
-    }
-    if version >= restic::ResticVersion::new(0, 16, 0) {
-        restic = restic.with_retry_lock(RETRY_LOCK);
-    }
+    let restic = job::open_repository(&args.job, &volume.namespace).await?;
     let state = restic
         .ensure_repository()
         .await
@@ -420,13 +318,7 @@ pub fn judge(run: &BackupRun, workdir: &Path) -> Verdict {
 
 /// restic's own words: 0.17+'s `exit_error`, else the tail of its plain-text output (0.14).
 fn restic_says(run: &BackupRun) -> Option<String> {
-    let exit = run.exit_error.as_ref().map(|e| e.message.trim().to_string()).filter(|m| !m.is_empty());
-    let text = Some(run.text_tail.trim().to_string()).filter(|t| !t.is_empty());
-    match (exit, text) {
-        (Some(e), Some(t)) if !t.contains(&e) => Some(format!("{e} | {t}")),
-        (Some(e), _) => Some(e),
-        (None, t) => t,
-    }
+    restic::restic_says(run.exit_error.as_ref(), &run.text_tail)
 }
 
 /// One `unreadable: <path in the volume>: <why>` per item, first report wins, at most
@@ -481,19 +373,6 @@ fn volume_path(item: &str, root: &str) -> String {
 
 fn unix_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Resolves on SIGTERM (pod deletion, activeDeadlineSeconds) or SIGINT. As PID 1 the process
-/// would otherwise ignore SIGTERM and be killed without writing its result.
-async fn terminated() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
@@ -635,7 +514,11 @@ mod tests {
     }
 
     fn args(volumes: &str, index: &str) -> BackupArgs {
-        BackupArgs { volumes: Some(volumes.into()), index: Some(index.into()), ..BackupArgs::default() }
+        BackupArgs {
+            volumes: Some(volumes.into()),
+            job: crate::cli::JobArgs { index: Some(index.into()), ..Default::default() },
+            ..BackupArgs::default()
+        }
     }
 
     #[test]
@@ -665,14 +548,5 @@ mod tests {
         v.namespace = "shop".into();
         v.pvc = Some("a/b".into());
         assert!(validate_volume(&v).unwrap_err().to_string().contains("PVC"));
-    }
-
-    #[test]
-    fn exit_codes() {
-        assert_eq!(JobError::Settings("x".into()).exit_code(), 2);
-        assert_eq!(JobError::Key(KeyError::Missing).exit_code(), 2);
-        assert_eq!(JobError::Backup("x".into()).exit_code(), 1);
-        assert_eq!(JobError::Path(PathError::NoMatch { pattern: "p".into() }).exit_code(), 1);
-        assert_eq!(JobError::Terminated("SIGTERM").exit_code(), 1);
     }
 }

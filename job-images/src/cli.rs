@@ -1,6 +1,7 @@
 //! Command line and environment of the job binary. Every setting can come from a flag or from
-//! the environment the Job spec sets. Values are taken as text and checked by the backup
-//! itself, so that a bad value still ends in a termination message instead of a usage error.
+//! the environment the Job spec sets. Values are taken as text and checked by the backup or
+//! restore itself, so that a bad value still ends in a termination message instead of a usage
+//! error.
 
 use crate::keys::{KeyError, MasterKey};
 use clap::{Args, Parser, Subcommand};
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 #[command(
     name = "coracle-volume-job",
     version,
-    about = "Backs up one Kubernetes pod volume with restic (one index of a Coracle backup Job)"
+    about = "Backs up or restores one Kubernetes pod volume with restic (one index of a Coracle Job)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,6 +24,10 @@ pub enum Command {
     /// and write the result to the termination message.
     #[command(after_help = BACKUP_AFTER_HELP)]
     Backup(BackupArgs),
+    /// Restore the volume at this Job index into the target pod's volume directory, then leave
+    /// the marker the pod's restore-wait init container waits for.
+    #[command(after_help = RESTORE_AFTER_HELP)]
+    Restore(RestoreArgs),
 }
 
 const BACKUP_AFTER_HELP: &str = "\
@@ -38,24 +43,30 @@ Exit codes:
   1  failed; the Job's backoffLimitPerIndex retries the index
   2  invalid settings or names; retrying cannot help (a podFailurePolicy FailIndex rule may match it)";
 
+const RESTORE_AFTER_HELP: &str = "\
+The snapshot's contents are restored into the volume directory (<pod dir>/volumes/*/<dir>, its mount/
+subdirectory for CSI volumes). Nothing is deleted: files the volume already holds stay, and files of the same
+name are overwritten with the snapshot's version. Then <volume>/.coracle/<restore uid> is written. A failure
+that is final (the last attempt, or one a retry cannot fix) writes <volume>/.coracle/<restore uid>.failed
+holding the reason instead, so that the pod's restore-wait init container stops waiting and reports it.
+
+Secrets:
+  CORACLE_MASTER_KEY      as for backup; the password is derived for the snapshot's source namespace.
+
+Exit codes:
+  0  restored and marked
+  1  failed; the Job's backoffLimitPerIndex retries the index
+  2  invalid settings or names, or an unsafe volume; retrying cannot help (the failure is final at once)";
+
+/// Settings every Job index has, backup or restore.
 #[derive(Debug, Clone, Default, Args)]
-pub struct BackupArgs {
+pub struct JobArgs {
     /// Index into the volume list (set by Kubernetes for Indexed Jobs).
     #[arg(long, env = "JOB_COMPLETION_INDEX")]
     pub index: Option<String>,
-    /// JSON array of planned volumes (camelCase PlannedVolume).
-    #[arg(long, env = "CORACLE_VOLUMES", hide_env_values = true)]
-    pub volumes: Option<String>,
-    #[arg(long, env = "CORACLE_BACKUP_NAME")]
-    pub backup_name: Option<String>,
-    #[arg(long, env = "CORACLE_BACKUP_UID")]
-    pub backup_uid: Option<String>,
     /// This Job's name; events come from /coracle/jobs/<job>.
     #[arg(long, env = "CORACLE_JOB_NAME")]
     pub job_name: Option<String>,
-    /// Where the node's kubelet pods directory is mounted.
-    #[arg(long, env = "CORACLE_PODS_ROOT", default_value = "/host/pods")]
-    pub pods_root: PathBuf,
     /// A namespace's repository is <prefix>/<namespace> (any restic backend).
     #[arg(long, env = "CORACLE_REPOSITORY_PREFIX", hide_env_values = true)]
     pub repository_prefix: Option<String>,
@@ -82,7 +93,7 @@ pub struct BackupArgs {
     pub restic: PathBuf,
 }
 
-impl BackupArgs {
+impl JobArgs {
     /// The master key from --master-key-file or CORACLE_MASTER_KEY. Read here rather than by
     /// clap so that it can never be given on the command line, where `ps` would show it.
     pub fn master_key(&self) -> Result<MasterKey, KeyError> {
@@ -94,6 +105,44 @@ impl BackupArgs {
             None => Err(KeyError::Missing),
         }
     }
+
+    /// The Job's name for event sources; `unknown` when not set.
+    pub fn job(&self) -> &str {
+        self.job_name.as_deref().filter(|j| !j.is_empty()).unwrap_or("unknown")
+    }
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// JSON array of planned volumes (camelCase PlannedVolume).
+    #[arg(long, env = "CORACLE_VOLUMES", hide_env_values = true)]
+    pub volumes: Option<String>,
+    #[arg(long, env = "CORACLE_BACKUP_NAME")]
+    pub backup_name: Option<String>,
+    #[arg(long, env = "CORACLE_BACKUP_UID")]
+    pub backup_uid: Option<String>,
+    /// Where the node's kubelet pods directory is mounted.
+    #[arg(long, env = "CORACLE_PODS_ROOT", default_value = "/host/pods")]
+    pub pods_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// JSON array of the target pod's volumes to restore (camelCase RestoreVolume).
+    #[arg(long = "volumes", env = "CORACLE_RESTORE_VOLUMES", hide_env_values = true)]
+    pub volumes: Option<String>,
+    #[arg(long, env = "CORACLE_RESTORE_NAME")]
+    pub restore_name: Option<String>,
+    /// Names the marker files (<volume>/.coracle/<restore uid>).
+    #[arg(long, env = "CORACLE_RESTORE_UID")]
+    pub restore_uid: Option<String>,
+    /// Where the target pod's own directory (<kubelet>/pods/<pod uid>) is mounted read-write.
+    #[arg(long, env = "CORACLE_POD_DIR", default_value = "/host/pod")]
+    pub pod_dir: PathBuf,
 }
 
 /// Parses an optional count where empty or missing means `default`.

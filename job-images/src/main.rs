@@ -1,6 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use coracle_volume_job::cli::{Cli, Command};
+use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use tracing_subscriber::EnvFilter;
 
@@ -16,15 +17,24 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.command {
+    let (outcome, exit_code) = match cli.command {
         Command::Backup(args) => {
             let result = runtime.block_on(coracle_volume_job::backup::run(&args));
-            // The outcome on stdout too, for `kubectl logs` and one-shot runs.
-            if let Ok(json) = serde_json::to_string(&result.outcome) {
-                let _ = writeln!(std::io::stdout(), "{json}");
-            }
-            drop(runtime);
-            std::process::exit(result.exit_code);
+            (to_json(&result.outcome), result.exit_code)
         }
+        Command::Restore(args) => {
+            let result = runtime.block_on(coracle_volume_job::restore::run(&args));
+            (to_json(&result.outcome), result.exit_code)
+        }
+    };
+    // The outcome on stdout too, for `kubectl logs` and one-shot runs.
+    if let Some(json) = outcome {
+        let _ = writeln!(std::io::stdout(), "{json}");
     }
+    drop(runtime);
+    std::process::exit(exit_code);
+}
+
+fn to_json(outcome: &impl Serialize) -> Option<String> {
+    serde_json::to_string(outcome).ok()
 }

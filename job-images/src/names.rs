@@ -91,6 +91,40 @@ pub fn validate_uuid(what: &'static str, value: &str) -> Result<(), NameError> {
     }
 }
 
+/// Longest restore uid accepted; a Kubernetes uid is 36 characters.
+pub const MAX_RESTORE_UID: usize = 128;
+
+/// The restore uid names the marker file `<volume>/.coracle/<uid>`: one plain file name made
+/// of `[A-Za-z0-9._-]`, not starting with a dot (temporary files do) and without `..`. The
+/// restore-wait helper (`helper/src/names.rs`) checks the same rule.
+pub fn validate_restore_uid(value: &str) -> Result<(), NameError> {
+    let fail = |reason| Err(NameError::new("restore uid", value, reason));
+    if value.is_empty() {
+        return fail("must not be empty");
+    }
+    if value.len() > MAX_RESTORE_UID {
+        return fail("is longer than 128 characters");
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return fail("may only contain letters, digits, '.', '_' and '-'");
+    }
+    if value.starts_with('.') || value.contains("..") {
+        return fail("must not start with '.' or contain '..'");
+    }
+    Ok(())
+}
+
+/// A restic snapshot id: 8 to 64 lower-case hex digits (a full id or a unique prefix). Checked
+/// because it is a restic argument: nothing else may pass as an id or an option.
+pub fn validate_snapshot_id(value: &str) -> Result<(), NameError> {
+    let ok = (8..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::new("snapshot id", value, "is not 8 to 64 lower-case hex digits"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +171,24 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("\\n"), "{text}");
         assert!(text.len() < 200, "{text}");
+    }
+
+    #[test]
+    fn restore_uids() {
+        for ok in ["0f2c7f4e-3c1a-4a8e-9b7d-2f0e1d2c3b4a", "r-1", "a.b", "A_b"] {
+            assert_eq!(validate_restore_uid(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a..b", ".hidden", "a b", "a\nb", "ü", &"a".repeat(129)] {
+            assert!(validate_restore_uid(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn snapshot_ids() {
+        assert!(validate_snapshot_id(&"ab12".repeat(16)).is_ok());
+        assert!(validate_snapshot_id("05ae74ee").is_ok());
+        for bad in ["", "05ae74e", "latest", "--delete", "05AE74EE", &"a".repeat(65), "05ae74ee "] {
+            assert!(validate_snapshot_id(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

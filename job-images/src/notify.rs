@@ -1,7 +1,8 @@
 //! Publishing the Job's events to NATS JetStream, when configured.
 //!
-//! NATS is optional and never decides the outcome: if it is unreachable the backup still runs
-//! and the result still reaches the termination message, from where a sweep recovers it.
+//! NATS is optional and never decides the outcome: if it is unreachable the backup or restore
+//! still runs and the result still reaches the termination message, from where a sweep
+//! recovers it.
 
 use crate::scrub::redact_url_credentials;
 use coracle_events::publish::Publisher;
@@ -13,19 +14,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `<backup-uid>.<namespace>.<pod>.<volume>`: unambiguous, since namespaces and volume names
-/// cannot contain dots.
+/// cannot contain dots. Result events carry their own ids (`event_id()` in `coracle-events`,
+/// shared with the sweep that recovers results); this prefix serves progress events.
 pub fn event_id_prefix(backup_uid: &str, volume: &PlannedVolume) -> String {
     format!("{backup_uid}.{}.{}.{}", volume.namespace, volume.pod, volume.volume)
-}
-
-/// The same for every attempt, so a re-published completion is de-duplicated by the stream.
-pub fn completed_id(backup_uid: &str, volume: &PlannedVolume) -> String {
-    format!("{}.completed", event_id_prefix(backup_uid, volume))
-}
-
-/// One failure event per attempt.
-pub fn failed_id(backup_uid: &str, volume: &PlannedVolume, attempt: u32) -> String {
-    format!("{}.failed.{attempt}", event_id_prefix(backup_uid, volume))
 }
 
 /// Unique per message: attempt, sequence and start time of this process (a pod restarted
@@ -119,8 +111,7 @@ mod tests {
             dir: "data".into(),
             identity: "x".into(),
         };
-        assert_eq!(completed_id("u1", &v), "u1.shop.db-0.data.completed");
-        assert_eq!(failed_id("u1", &v, 2), "u1.shop.db-0.data.failed.2");
+        assert_eq!(event_id_prefix("u1", &v), "u1.shop.db-0.data");
         assert_ne!(progress_id("u1", &v, 0, 7, 1), progress_id("u1", &v, 0, 7, 2));
         assert_ne!(progress_id("u1", &v, 0, 7, 1), progress_id("u1", &v, 1, 7, 1));
     }

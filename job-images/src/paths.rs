@@ -5,7 +5,11 @@
 //! name (PVC volumes) or the pod volume name. CSI volumes keep their data in `<dir>/mount`.
 //! Every input is validated before the filesystem is touched, and the canonical result must
 //! stay inside the pod's own `volumes` directory, so neither a crafted name nor a symlink can
-//! make a Job back up anything else on the node.
+//! make a Job back up anything else on the node, or restore into anything else.
+//!
+//! A backup Job sees the whole pods root ([`resolve_volume_dir`]); a restore Job mounts only
+//! its target pod's directory ([`resolve_in_pod_dir`]). Both share the same matching and
+//! escape checks.
 
 use crate::names::{self, NameError, NameKind};
 use coracle_events::{PlannedVolume, VolumeSource};
@@ -23,6 +27,8 @@ pub enum PathError {
     Root { root: PathBuf, source: io::Error },
     #[error("pod directory {path} does not exist: the pod is not on this node or was deleted")]
     NoPod { path: PathBuf },
+    #[error("pod directory {path} is not usable: {source}")]
+    PodDir { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("no volume directory matches {pattern}")]
@@ -71,15 +77,30 @@ pub fn resolve_volume_dir(
     names::validate_name("volume directory name", dir, dir_kind)?;
 
     let root = pods_root.canonicalize().map_err(|source| PathError::Root { root: pods_root.to_path_buf(), source })?;
-    let volumes = root.join(pod_uid).join("volumes");
+    find_volume(&root, &root.join(pod_uid), dir)
+}
+
+/// Resolves `<pod_dir>/volumes/*/<dir>` (plus `mount` under the CSI plugin), where `pod_dir`
+/// is one pod's own directory, `<kubelet>/pods/<pod-uid>`, as a restore Job mounts it.
+/// The match must canonically stay inside `<pod_dir>/volumes`.
+pub fn resolve_in_pod_dir(pod_dir: &Path, dir: &str, dir_kind: NameKind) -> Result<ResolvedVolume, PathError> {
+    names::validate_name("volume directory name", dir, dir_kind)?;
+    let pod = pod_dir.canonicalize().map_err(|source| PathError::PodDir { path: pod_dir.to_path_buf(), source })?;
+    find_volume(&pod, &pod, dir)
+}
+
+/// The one match of `<pod>/volumes/*/<dir>`, which must canonically stay inside both
+/// `boundary` and `<pod>/volumes`.
+fn find_volume(boundary: &Path, pod: &Path, dir: &str) -> Result<ResolvedVolume, PathError> {
+    let volumes = pod.join("volumes");
     let pattern = format!("{}/*/{dir}", volumes.display());
     let entries = match std::fs::read_dir(&volumes) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(if root.join(pod_uid).exists() {
+            return Err(if pod.exists() {
                 PathError::NoMatch { pattern }
             } else {
-                PathError::NoPod { path: root.join(pod_uid) }
+                PathError::NoPod { path: pod.into() }
             })
         }
         Err(source) => return Err(PathError::Read { path: volumes, source }),
@@ -115,7 +136,7 @@ pub fn resolve_volume_dir(
         }
         Err(source) => return Err(PathError::Read { path: data, source }),
     };
-    if !allowed.starts_with(&root) || !canonical.starts_with(&allowed) || canonical == allowed {
+    if !allowed.starts_with(boundary) || !canonical.starts_with(&allowed) || canonical == allowed {
         return Err(PathError::Escape { path: data, target: canonical, allowed });
     }
     if !canonical.is_dir() {
@@ -316,6 +337,49 @@ mod tests {
         assert!(matches!(e, PathError::Name(_)), "{e}");
         let e = resolve_volume_dir(nowhere, UID, "a.b", NameKind::Subdomain).unwrap_err();
         assert!(matches!(e, PathError::Root { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_pod_directory_mounted_alone() {
+        let t = tree();
+        let p = mkdir(&t, CSI_PLUGIN, "pv-1");
+        fs::create_dir(p.join("mount")).unwrap();
+        let pod_dir = t.pods.join(UID);
+        let r = resolve_in_pod_dir(&pod_dir, "pv-1", NameKind::Subdomain).unwrap();
+        assert_eq!(r.path, p.join("mount"));
+        let e = resolve_in_pod_dir(&pod_dir, "other", NameKind::Label).unwrap_err();
+        assert!(matches!(e, PathError::NoMatch { .. }), "{e}");
+        let e = resolve_in_pod_dir(&t.base.join("nope"), "pv-1", NameKind::Subdomain).unwrap_err();
+        assert!(matches!(e, PathError::PodDir { .. }), "{e}");
+        let e = resolve_in_pod_dir(Path::new("/nonexistent"), "../x", NameKind::Subdomain).unwrap_err();
+        assert!(matches!(e, PathError::Name(_)), "{e}");
+        // A pod directory without volumes/ at all has nothing to restore into.
+        let empty = t.base.join("empty-pod");
+        fs::create_dir(&empty).unwrap();
+        let e = resolve_in_pod_dir(&empty, "pv-1", NameKind::Subdomain).unwrap_err();
+        assert!(matches!(e, PathError::NoMatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn escapes_from_a_pod_directory_are_refused() {
+        let t = tree();
+        let outside = t.base.join("outside");
+        fs::create_dir_all(outside.join("data")).unwrap();
+        let pod_dir = t.pods.join(UID);
+        // Into another pod: inside the pods root, but outside this pod's directory.
+        let other = t.pods.join("11111111-2222-3333-4444-555555555555/volumes/kubernetes.io~empty-dir/data");
+        fs::create_dir_all(&other).unwrap();
+        fs::create_dir_all(pod_dir.join("volumes/kubernetes.io~empty-dir")).unwrap();
+        symlink(&other, pod_dir.join("volumes/kubernetes.io~empty-dir/data")).unwrap();
+        let e = resolve_in_pod_dir(&pod_dir, "data", NameKind::Label).unwrap_err();
+        assert!(matches!(e, PathError::Escape { .. }), "{e}");
+        // A `volumes` directory that is itself a symlink out of the pod.
+        let pod2 = t.base.join("pod2");
+        fs::create_dir(&pod2).unwrap();
+        fs::create_dir_all(outside.join("vols/kubernetes.io~empty-dir/data")).unwrap();
+        symlink(outside.join("vols"), pod2.join("volumes")).unwrap();
+        let e = resolve_in_pod_dir(&pod2, "data", NameKind::Label).unwrap_err();
+        assert!(matches!(e, PathError::Escape { .. }), "{e}");
     }
 
     #[test]

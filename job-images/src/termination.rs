@@ -1,10 +1,10 @@
-//! The pod's termination message: the `VolumeOutcome` JSON, so a sweep can recover a result
-//! that could not be published. Kubernetes keeps at most 4096 bytes of it and cuts the rest,
+//! The pod's termination message: the outcome JSON (`VolumeOutcome` of a backup,
+//! `RestoreOutcome` of a restore), so a sweep can recover a result that could not be published. Kubernetes keeps at most 4096 bytes of it and cuts the rest,
 //! which would leave invalid JSON; so it is shrunk here instead, keeping it valid: warnings
 //! are dropped from the end (with a note saying how many), then the longest strings (the
 //! failure reason first in practice) are shortened. Ids are never shortened.
 
-use coracle_events::VolumeOutcome;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
 
@@ -13,10 +13,11 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 /// Longest single warning kept in the message.
 const MAX_WARNING_CHARS: usize = 300;
 /// Fields whose values must survive intact: what a sweep keys on.
-const PROTECTED: [&str; 7] = ["outcome", "snapshotId", "parentSnapshot", "source", "uid", "podUid", "namespace"];
+const PROTECTED: [&str; 8] =
+    ["outcome", "snapshotId", "parentSnapshot", "source", "uid", "podUid", "namespace", "sourceNamespace"];
 
 /// Compact JSON of the outcome, at most `limit` bytes.
-pub fn encode_outcome(outcome: &VolumeOutcome, limit: usize) -> String {
+pub fn encode_outcome<O: Serialize>(outcome: &O, limit: usize) -> String {
     let mut text = serde_json::to_string(outcome).unwrap_or_default();
     if text.len() <= limit {
         return text;
@@ -89,7 +90,7 @@ fn truncate_chars(s: &mut String, max_chars: usize) {
 }
 
 /// Writes the outcome to the termination log; returns what was written.
-pub fn write_outcome(path: &Path, outcome: &VolumeOutcome) -> std::io::Result<String> {
+pub fn write_outcome<O: Serialize>(path: &Path, outcome: &O) -> std::io::Result<String> {
     let text = encode_outcome(outcome, TERMINATION_MESSAGE_LIMIT);
     std::fs::write(path, &text)?;
     Ok(text)
@@ -99,7 +100,8 @@ pub fn write_outcome(path: &Path, outcome: &VolumeOutcome) -> std::io::Result<St
 mod tests {
     use super::*;
     use coracle_events::{
-        BackupRef, BackupStats, PlannedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeSource,
+        BackupRef, BackupStats, PlannedVolume, RestoreOutcome, RestoreRef, RestoreVolume, VolumeBackupCompleted,
+        VolumeBackupFailed, VolumeOutcome, VolumeRestoreFailed, VolumeSource,
     };
 
     fn volume() -> PlannedVolume {
@@ -196,5 +198,30 @@ mod tests {
         let path = dir.path().join("termination-log");
         let written = write_outcome(&path, &failed("boom".into())).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+    }
+
+    #[test]
+    fn restore_outcomes_fit_too() {
+        let outcome = RestoreOutcome::Failed(VolumeRestoreFailed {
+            restore: RestoreRef { name: "r".into(), uid: "5b2e7c1a-0000-4000-8000-000000000001".into() },
+            volume: RestoreVolume {
+                namespace: "shop".into(),
+                pod: "db-0".into(),
+                pod_uid: "0f2c7f4e-3c1a-4a8e-9b7d-2f0e1d2c3b4a".into(),
+                volume: "data".into(),
+                dir: "pv-1".into(),
+                source_namespace: "shop".into(),
+                snapshot_id: "a".repeat(64),
+            },
+            reason: "x".repeat(10_000),
+            attempt: 0,
+            is_final: true,
+        });
+        let text = encode_outcome(&outcome, TERMINATION_MESSAGE_LIMIT);
+        assert!(text.len() <= TERMINATION_MESSAGE_LIMIT, "{}", text.len());
+        let RestoreOutcome::Failed(f) = serde_json::from_str(&text).unwrap() else { panic!() };
+        assert_eq!(f.volume.snapshot_id, "a".repeat(64));
+        assert!(f.reason.ends_with('…'));
+        assert!(text.contains("\"outcome\":\"Failed\""), "{text}");
     }
 }

@@ -3,16 +3,9 @@
 //! plain-text warnings on stderr).
 
 use super::json::{self, ExitError, ItemError, Message, Summary};
-use super::{tail, Restic, ResticError};
-use std::collections::VecDeque;
+use super::stream::Diagnostics;
+use super::{Restic, ResticError};
 use std::path::PathBuf;
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
-
-/// Item errors kept in full; a volume with thousands of unreadable files reports a count.
-const MAX_ITEM_ERRORS: usize = 1000;
-const TEXT_LINES_KEPT: usize = 40;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupOptions {
@@ -46,17 +39,11 @@ pub struct BackupRun {
     pub code: Option<i32>,
     pub summary: Option<Summary>,
     pub errors: Vec<ItemError>,
-    /// Item errors beyond [`MAX_ITEM_ERRORS`], counted only.
+    /// Item errors beyond the 1000 kept, counted only.
     pub errors_dropped: usize,
     pub exit_error: Option<ExitError>,
     /// Last plain-text lines (scrubbed), for failure reasons.
     pub text_tail: String,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
 }
 
 impl Restic {
@@ -68,66 +55,34 @@ impl Restic {
         mut on_message: impl FnMut(&Message),
     ) -> Result<BackupRun, ResticError> {
         let mut cmd = self.command();
-        cmd.args(options.args()).current_dir(&options.workdir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(options.args()).current_dir(&options.workdir);
         if std::env::var_os("RESTIC_PROGRESS_FPS").is_none() {
             // With --json restic would print 60 status lines a second; progress is published once a second.
             cmd.env("RESTIC_PROGRESS_FPS", "2");
         }
-        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
-        let (tx, mut rx) = mpsc::channel(256);
-        let readers = [
-            child.stdout.take().map(|out| tokio::spawn(forward_lines(out, Stream::Stdout, tx.clone()))),
-            child.stderr.take().map(|err| tokio::spawn(forward_lines(err, Stream::Stderr, tx.clone()))),
-        ];
-        drop(tx);
-
-        let mut run = BackupRun::default();
-        let mut text = VecDeque::new();
-        while let Some((stream, line)) = rx.recv().await {
-            let Some(message) = json::parse_line(&line) else { continue };
-            match &message {
-                Message::Summary(summary) => run.summary = Some(summary.clone()),
-                Message::Error(err) if run.errors.len() < MAX_ITEM_ERRORS => run.errors.push(err.clone()),
-                Message::Error(_) => run.errors_dropped += 1,
-                Message::ExitError(exit) => {
-                    run.exit_error = Some(ExitError { code: exit.code, message: self.scrubber().scrub(&exit.message) })
+        let mut summary = None;
+        let mut diagnostics = Diagnostics::default();
+        let code = self
+            .run_streaming(cmd, |stream, line| {
+                let Some(message) = json::parse_line(line) else { return };
+                match &message {
+                    Message::Summary(s) => summary = Some(s.clone()),
+                    Message::Error(err) => diagnostics.item_error(err),
+                    Message::ExitError(exit) => diagnostics.exit_error(exit, self.scrubber()),
+                    Message::Text(text) => diagnostics.text(stream, text, self.scrubber()),
+                    _ => {}
                 }
-                Message::Text(line) => {
-                    tracing::debug!(stream = ?stream, "restic: {}", self.scrubber().scrub(line));
-                    if text.len() == TEXT_LINES_KEPT {
-                        text.pop_front();
-                    }
-                    text.push_back(self.scrubber().scrub(line));
-                }
-                _ => {}
-            }
-            on_message(&message);
-        }
-        for reader in readers.into_iter().flatten() {
-            reader.await.map_err(|e| ResticError::Io(std::io::Error::other(e)))??;
-        }
-        run.code = child.wait().await?.code();
-        run.text_tail = tail(&text.into_iter().collect::<Vec<_>>().join("\n"));
-        Ok(run)
-    }
-}
-
-/// Sends each line (lossily decoded: file names need not be UTF-8) to the collector.
-async fn forward_lines(
-    reader: impl AsyncRead + Unpin,
-    stream: Stream,
-    tx: mpsc::Sender<(Stream, String)>,
-) -> Result<(), std::io::Error> {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf).await? == 0 {
-            return Ok(());
-        }
-        if tx.send((stream, String::from_utf8_lossy(&buf).into_owned())).await.is_err() {
-            return Ok(());
-        }
+                on_message(&message);
+            })
+            .await?;
+        Ok(BackupRun {
+            code,
+            summary,
+            text_tail: diagnostics.text_tail(),
+            errors: diagnostics.errors,
+            errors_dropped: diagnostics.errors_dropped,
+            exit_error: diagnostics.exit_error,
+        })
     }
 }
 

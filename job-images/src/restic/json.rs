@@ -1,6 +1,7 @@
 //! restic's `--json` message stream, for restic 0.14 (Debian 12) through 0.18+.
 //!
-//! Lines are parsed one by one into [`Message`]. Every field may be missing (0.14 omits
+//! Lines of `restic backup` are parsed one by one into [`Message`], lines of `restic restore`
+//! into [`RestoreMessage`] (the two commands share message type names with different fields). Every field may be missing (0.14 omits
 //! zero-valued status fields, 0.17 added `backup_start`/`backup_end`/`data_added_packed`),
 //! numbers are accepted as integers or floats, unknown fields and message types are ignored
 //! and anything that is not a JSON object (restic prints some warnings as plain text) becomes
@@ -10,6 +11,8 @@
 //! * `error`: 0.14 marshals Go's error value, usually `{}` or `{"Op":"open","Path":…,"Err":13}`;
 //!   0.17+ writes `{"message":"…"}`. Both go to stderr, as does 0.17+'s `exit_error`.
 //! * `summary.snapshot_id`: 0.14 prints the short (8 hex digit) id, 0.17+ the full id.
+//! * `restore`: 0.16+ prints `status` and `summary` messages; 0.14 prints no JSON at all, only
+//!   text (`restoring <Snapshot …>`, `ignoring error for /path: …`).
 
 use serde_json::{Map, Value};
 
@@ -94,15 +97,39 @@ pub struct ExitError {
     pub message: String,
 }
 
-/// Parses one line of restic output; `None` for blank lines.
-pub fn parse_line(line: &str) -> Option<Message> {
+/// The JSON object on a line, or the line itself as text when it is not one; `None` for
+/// blank lines.
+fn object(line: &str) -> Option<Result<Map<String, Value>, String>> {
     let line = line.trim_end_matches(['\r', '\n']);
     if line.trim().is_empty() {
         return None;
     }
-    let obj = match serde_json::from_str::<Value>(line) {
-        Ok(Value::Object(obj)) => obj,
-        _ => return Some(Message::Text(line.to_string())),
+    Some(match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        _ => Err(line.to_string()),
+    })
+}
+
+fn item_error(obj: &Map<String, Value>) -> ItemError {
+    ItemError {
+        message: obj.get("error").and_then(describe_error),
+        during: text(obj, "during").unwrap_or_default(),
+        item: text(obj, "item").unwrap_or_default(),
+    }
+}
+
+fn exit_error(obj: &Map<String, Value>) -> ExitError {
+    ExitError {
+        code: obj.get("code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
+        message: text(obj, "message").unwrap_or_default(),
+    }
+}
+
+/// Parses one line of `restic backup` output; `None` for blank lines.
+pub fn parse_line(line: &str) -> Option<Message> {
+    let obj = match object(line)? {
+        Ok(obj) => obj,
+        Err(text) => return Some(Message::Text(text)),
     };
     let message_type = text(&obj, "message_type").unwrap_or_default();
     Some(match message_type.as_str() {
@@ -135,22 +162,90 @@ pub fn parse_line(line: &str) -> Option<Message> {
             backup_start: text(&obj, "backup_start"),
             backup_end: text(&obj, "backup_end"),
         }),
-        "error" => Message::Error(ItemError {
-            message: obj.get("error").and_then(describe_error),
-            during: text(&obj, "during").unwrap_or_default(),
-            item: text(&obj, "item").unwrap_or_default(),
-        }),
+        "error" => Message::Error(item_error(&obj)),
         "verbose_status" => Message::VerboseStatus(VerboseStatus {
             action: text(&obj, "action").unwrap_or_default(),
             item: text(&obj, "item").unwrap_or_default(),
             duration: float(&obj, "duration").unwrap_or(0.0),
             data_size: uint(&obj, "data_size").unwrap_or(0),
         }),
-        "exit_error" => Message::ExitError(ExitError {
-            code: obj.get("code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
-            message: text(&obj, "message").unwrap_or_default(),
-        }),
+        "exit_error" => Message::ExitError(exit_error(&obj)),
         _ => Message::Other { message_type },
+    })
+}
+
+/// One line of `restic restore --json`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoreMessage {
+    Status(RestoreStatus),
+    Summary(RestoreSummary),
+    /// A file or directory restic could not restore.
+    Error(ItemError),
+    ExitError(ExitError),
+    Other {
+        message_type: String,
+    },
+    Text(String),
+}
+
+/// `message_type: status` of a running restore (0.16+); fields missing when zero.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoreStatus {
+    pub percent_done: f64,
+    pub total_files: Option<u64>,
+    pub files_restored: Option<u64>,
+    pub files_skipped: Option<u64>,
+    pub total_bytes: Option<u64>,
+    pub bytes_restored: Option<u64>,
+    pub bytes_skipped: Option<u64>,
+    pub seconds_elapsed: Option<u64>,
+}
+
+/// `message_type: summary` of a finished restore (0.16+). "Files" counts every node restic
+/// handled: files, directories and symlinks. Skipped ones were already identical on disk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RestoreSummary {
+    pub total_files: u64,
+    pub files_restored: u64,
+    pub files_skipped: u64,
+    pub files_deleted: u64,
+    pub total_bytes: u64,
+    pub bytes_restored: u64,
+    pub bytes_skipped: u64,
+    pub seconds_elapsed: Option<u64>,
+}
+
+/// Parses one line of `restic restore` output; `None` for blank lines.
+pub fn parse_restore_line(line: &str) -> Option<RestoreMessage> {
+    let obj = match object(line)? {
+        Ok(obj) => obj,
+        Err(text) => return Some(RestoreMessage::Text(text)),
+    };
+    let message_type = text(&obj, "message_type").unwrap_or_default();
+    Some(match message_type.as_str() {
+        "status" => RestoreMessage::Status(RestoreStatus {
+            percent_done: float(&obj, "percent_done").unwrap_or(0.0).clamp(0.0, 1.0),
+            total_files: uint(&obj, "total_files"),
+            files_restored: uint(&obj, "files_restored"),
+            files_skipped: uint(&obj, "files_skipped"),
+            total_bytes: uint(&obj, "total_bytes"),
+            bytes_restored: uint(&obj, "bytes_restored"),
+            bytes_skipped: uint(&obj, "bytes_skipped"),
+            seconds_elapsed: uint(&obj, "seconds_elapsed"),
+        }),
+        "summary" => RestoreMessage::Summary(RestoreSummary {
+            total_files: uint(&obj, "total_files").unwrap_or(0),
+            files_restored: uint(&obj, "files_restored").unwrap_or(0),
+            files_skipped: uint(&obj, "files_skipped").unwrap_or(0),
+            files_deleted: uint(&obj, "files_deleted").unwrap_or(0),
+            total_bytes: uint(&obj, "total_bytes").unwrap_or(0),
+            bytes_restored: uint(&obj, "bytes_restored").unwrap_or(0),
+            bytes_skipped: uint(&obj, "bytes_skipped").unwrap_or(0),
+            seconds_elapsed: uint(&obj, "seconds_elapsed"),
+        }),
+        "error" => RestoreMessage::Error(item_error(&obj)),
+        "exit_error" => RestoreMessage::ExitError(exit_error(&obj)),
+        _ => RestoreMessage::Other { message_type },
     })
 }
 
@@ -376,5 +471,46 @@ mod tests {
             panic!()
         };
         assert_eq!((s.percent_done, s.total_files, s.files_done), (1.0, None, Some(2)));
+    }
+
+    // Real lines of `restic 0.18.0 restore --json`: a first restore, a second one into the same
+    // directory (identical files skipped), a status line, and the errors of a restore over a
+    // non-empty directory of the same name.
+    const V018_RESTORE_SUMMARY: &str =
+        r#"{"message_type":"summary","total_files":5,"files_restored":5,"total_bytes":100003,"bytes_restored":100003}"#;
+    const V018_RESTORE_AGAIN: &str =
+        r#"{"message_type":"summary","total_files":3,"files_restored":3,"files_skipped":2,"bytes_skipped":100003}"#;
+    const V018_RESTORE_STATUS: &str = r#"{"message_type":"status","percent_done":0.465682725,"total_files":1,"total_bytes":200000000,"bytes_restored":93136545}"#;
+    const V018_RESTORE_ERROR: &str = r#"{"message_type":"error","error":{"message":"remove /tmp/rt/t3/a: directory not empty"},"during":"restore","item":"/a"}"#;
+    const V018_RESTORE_EXIT: &str =
+        r#"{"message_type":"exit_error","code":1,"message":"Fatal: There were 1 errors\n"}"#;
+
+    #[test]
+    fn restore_lines_018() {
+        let Some(RestoreMessage::Summary(s)) = parse_restore_line(V018_RESTORE_SUMMARY) else { panic!() };
+        assert_eq!((s.total_files, s.files_restored, s.files_skipped), (5, 5, 0));
+        assert_eq!((s.total_bytes, s.bytes_restored, s.bytes_skipped), (100003, 100003, 0));
+        let Some(RestoreMessage::Summary(s)) = parse_restore_line(V018_RESTORE_AGAIN) else { panic!() };
+        assert_eq!((s.files_restored, s.files_skipped, s.bytes_restored, s.bytes_skipped), (3, 2, 0, 100003));
+        let Some(RestoreMessage::Status(st)) = parse_restore_line(V018_RESTORE_STATUS) else { panic!() };
+        assert_eq!((st.total_bytes, st.bytes_restored, st.files_restored), (Some(200000000), Some(93136545), None));
+        assert!((st.percent_done - 0.4657).abs() < 1e-3);
+        let Some(RestoreMessage::Error(e)) = parse_restore_line(V018_RESTORE_ERROR) else { panic!() };
+        assert_eq!((e.item.as_str(), e.during.as_str()), ("/a", "restore"));
+        assert_eq!(e.message.as_deref(), Some("remove /tmp/rt/t3/a: directory not empty"));
+        let Some(RestoreMessage::ExitError(x)) = parse_restore_line(V018_RESTORE_EXIT) else { panic!() };
+        assert_eq!(x.code, Some(1));
+    }
+
+    #[test]
+    fn restore_lines_014_are_text() {
+        let line = "restoring <Snapshot e3b9fd97 of [/tmp/rt/src] at 2026-11-21 09:07:23 +0000 UTC by root@vm> to /t";
+        assert_eq!(parse_restore_line(line), Some(RestoreMessage::Text(line.into())));
+        assert_eq!(parse_restore_line("\n"), None);
+        // A backup summary line is not mistaken for anything but a (restore) summary with no counts.
+        let Some(RestoreMessage::Summary(s)) = parse_restore_line(r#"{"message_type":"summary","files_new":4}"#) else {
+            panic!()
+        };
+        assert_eq!(s, RestoreSummary::default());
     }
 }

@@ -1,4 +1,4 @@
-//! A small adapter over the restic command line, shared by backup and (later) restore.
+//! A small adapter over the restic command line, shared by backup and restore.
 //!
 //! The password reaches restic only through `RESTIC_PASSWORD` in the child's environment and
 //! the repository through `RESTIC_REPOSITORY` (repository URLs can carry credentials); the
@@ -8,10 +8,13 @@
 pub mod backup;
 mod init;
 pub mod json;
+pub mod restore;
 pub mod snapshots;
+mod stream;
 
 pub use backup::{BackupOptions, BackupRun};
 pub use init::RepositoryState;
+pub use restore::{RestoreOptions, RestoreRun};
 pub use snapshots::{Snapshot, SnapshotFilter};
 
 use crate::keys::RepositoryPassword;
@@ -315,6 +318,18 @@ impl Restic {
     pub async fn find_snapshot(&self, id: &str) -> Result<Option<Snapshot>, ResticError> {
         let found = self.snapshots(&SnapshotFilter::new().id(id)).await?;
         Ok(found.into_iter().find(|s| s.id.starts_with(id)))
+    }
+}
+
+/// restic's own words about a failure: 0.17+'s `exit_error`, else the tail of its plain-text
+/// output (0.14).
+pub fn restic_says(exit_error: Option<&json::ExitError>, text_tail: &str) -> Option<String> {
+    let exit = exit_error.map(|e| e.message.trim().to_string()).filter(|m| !m.is_empty());
+    let text = Some(text_tail.trim().to_string()).filter(|t| !t.is_empty());
+    match (exit, text) {
+        (Some(e), Some(t)) if !t.contains(&e) => Some(format!("{e} | {t}")),
+        (Some(e), _) => Some(e),
+        (None, t) => t,
     }
 }
 

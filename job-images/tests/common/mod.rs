@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: finding the real tools (scripts/install-tools.sh
-//! puts them in .tools/bin), running restic directly to check results, and making restic
-//! exit 3 even when the tests run as root.
+//! puts them in .tools/bin), running restic directly to check results, making restic exit 3
+//! even when the tests run as root, a real nats-server, and the secret-leak check every run of
+//! the job binary goes through.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -71,7 +72,7 @@ pub fn snapshots_json(program: &Path, repo: &Path, password: &str) -> Vec<serde_
     serde_json::from_str(&out).unwrap()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -114,4 +115,78 @@ pub fn write_files(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     std::fs::write(dir.join("a.txt"), "hello coracle\n").unwrap();
     std::fs::write(dir.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+}
+
+/// Fails if the master key or a namespace password derived from it appears in any of `texts`
+/// (what, text); a termination message must also fit Kubernetes' 4096 bytes.
+pub fn assert_no_secrets(master_key: &str, namespaces: &[&str], texts: &[(&str, &str)]) {
+    for (what, text) in texts {
+        assert!(!text.contains(master_key), "master key in {what}: {text}");
+        for namespace in namespaces {
+            let password = coracle_volume_job::namespace_password(master_key.as_bytes(), namespace, 1);
+            assert!(!text.contains(&password), "repository password of {namespace} in {what}: {text}");
+        }
+        if *what == "termination" {
+            assert!(text.len() <= 4096, "termination message of {} bytes", text.len());
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A nats-server with JetStream, killed by pid when dropped.
+pub struct NatsServer {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// `None` (with a message naming `test`) when nats-server is not installed.
+    pub fn start(test: &str) -> Option<Self> {
+        let bin = tools_bin().join("nats-server");
+        if !bin.is_file() {
+            println!("SKIPPED {test}: nats-server not in .tools/bin");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // From here on Drop kills and reaps it, whatever happens.
+        let server = NatsServer { child, url: format!("nats://127.0.0.1:{port}"), _dir: dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("nats-server did not start on {}", server.url);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event in the stream (a handful, in these tests), read by sequence number.
+pub async fn stream_events(js: &async_nats::jetstream::Context, stream: &str) -> Vec<coracle_events::CloudEvent> {
+    let stream = js.get_stream(stream).await.unwrap();
+    let count = stream.cached_info().state.messages;
+    let mut out = Vec::new();
+    for seq in 1..=count {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        out.push(coracle_events::CloudEvent::parse(&msg.payload).unwrap());
+    }
+    out
 }
