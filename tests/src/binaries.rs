@@ -32,8 +32,8 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A temporary directory outside `/tmp`: the simulated kubelet maps container paths such as
-/// `/tmp` onto per-pod directories, so host paths handed to Jobs must not live there.
+/// A temporary directory for a test's files, under the target directory: it stays out of the
+/// machine's `/tmp`, and a failed run leaves its files where `cargo clean` finds them.
 pub fn scratch_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     let base = target_dir()?.join("scratch");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;

@@ -1,16 +1,15 @@
 //! `coracle-demo`: the README's main job. Starts a real nats-server and a simulated two-node
 //! cluster with a sample application, writes known data into its volumes, runs Coracle's
-//! functions as NATS consumers and a kubelet that runs the Jobs they create, publishes a
+//! functions as NATS consumers while the simulated cluster runs the Jobs they create, publishes a
 //! backup request, prints the result events as they arrive, waits for
 //! `coracle.backup.completed`, and prints the summary and restic's own snapshot list.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent};
-use serde_json::Value;
-use coracle_tests::harness::{write_file, Harness, SYSTEM_NAMESPACE};
+use coracle_tests::harness::{write_file, Harness};
 use futures::StreamExt;
-use std::collections::BTreeSet;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +24,17 @@ struct Args {
     keep: bool,
 }
 
-/// (node, pod uid, plugin directory, volume directory, files to write).
-type VolumeData = (&'static str, &'static str, &'static str, &'static str, Vec<(String, Vec<u8>)>);
+/// Where sample data goes: a PersistentVolume's storage (seen by every pod that mounts it) or a pod-scoped
+/// volume's directory on its node (node, pod uid, plugin directory, volume directory).
+enum Target {
+    Pv(&'static str),
+    PodVolume(&'static str, &'static str, &'static str, &'static str),
+}
 
-fn sample_data() -> Vec<VolumeData> {
+/// Files (relative path, content) to write into a target.
+type Files = Vec<(String, Vec<u8>)>;
+
+fn sample_data() -> Vec<(Target, Files)> {
     let text = |s: &str| s.as_bytes().to_vec();
     // Deterministic pseudo-random content, so every run writes the same bytes.
     let noise = |seed: u64, len: usize| {
@@ -45,30 +51,19 @@ fn sample_data() -> Vec<VolumeData> {
     let many = |prefix: &str, count: usize, size: usize, seed: u64| {
         (0..count).map(|i| (format!("{prefix}/{i:04}.bin"), noise(seed + i as u64, size))).collect::<Vec<_>>()
     };
-    let csi = "kubernetes.io~csi";
     vec![
         (
-            "node-1",
-            "e1000000-0000-4000-8000-000000000001",
-            csi,
-            "pvc-9b1f3c2a-web-data",
-            [vec![("mount/index.html".into(), text("<h1>Coracle shop</h1>\n"))], many("mount/assets", 40, 16 * 1024, 1)]
-                .concat(),
+            Target::Pv("pvc-9b1f3c2a-web-data"),
+            [vec![("index.html".into(), text("<h1>Coracle shop</h1>\n"))], many("assets", 40, 16 * 1024, 1)].concat(),
         ),
         (
-            "node-1",
-            "e1000000-0000-4000-8000-000000000001",
-            "kubernetes.io~empty-dir",
-            "cache",
+            Target::PodVolume("node-1", "e1000000-0000-4000-8000-000000000001", "kubernetes.io~empty-dir", "cache"),
             many("pages", 25, 4 * 1024, 100),
         ),
-        ("node-1", "e1000000-0000-4000-8000-000000000010", csi, "pvc-4e7d0b11-data-db-0", many("mount/base", 8, 512 * 1024, 200)),
-        ("node-2", "e1000000-0000-4000-8000-000000000011", csi, "pvc-4e7d0b12-data-db-1", many("mount/base", 8, 512 * 1024, 300)),
+        (Target::Pv("pvc-4e7d0b11-data-db-0"), many("base", 8, 512 * 1024, 200)),
+        (Target::Pv("pvc-4e7d0b12-data-db-1"), many("base", 8, 512 * 1024, 300)),
         (
-            "node-1",
-            "e1000000-0000-4000-8000-000000000020",
-            "kubernetes.io~nfs",
-            "nfs-media-library",
+            Target::Pv("nfs-media-library"),
             [many("photos", 30, 64 * 1024, 400), vec![("README.txt".into(), text("shared media library\n"))]].concat(),
         ),
     ]
@@ -121,12 +116,16 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     println!("== Starting NATS JetStream and a simulated two-node cluster");
-    let h = Arc::new(Harness::start("demo", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?);
+    let h =
+        Arc::new(Harness::start("demo", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?);
     println!("   nats {}  api {}", h.nats.url(), h.sim.url());
     let mut files = 0usize;
     let mut bytes = 0usize;
-    for (node, uid, plugin, dir, data) in sample_data() {
-        let base = h.volume_dir(node, uid, plugin, dir)?;
+    for (target, data) in sample_data() {
+        let base = match target {
+            Target::Pv(pv) => h.pv_data_dir(pv)?,
+            Target::PodVolume(node, uid, plugin, dir) => h.volume_dir(node, uid, plugin, dir)?,
+        };
         for (path, content) in data {
             files += 1;
             bytes += content.len();
@@ -157,28 +156,7 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
     let started = std::time::Instant::now();
     let name = format!("demo-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
 
-    // The simulated kubelet: run every Job the functions create, once.
-    let kubelet = {
-        let h = h.clone();
-        tokio::spawn(async move {
-            let mut seen = BTreeSet::new();
-            loop {
-                for job in h.jobs().unwrap_or_default() {
-                    let Some(job_name) = job.metadata.name.clone() else { continue };
-                    if seen.insert(job_name.clone()) {
-                        let h = h.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = h.kubelet.run_job(SYSTEM_NAMESPACE, &job_name).await {
-                                eprintln!("kubelet: {job_name}: {e:#}");
-                            }
-                        });
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-
+    // The simulated cluster runs every Job the functions create, as a real cluster would.
     println!("\n== Publishing coracle.backup.requested for {name}\n");
     let request = BackupRequest { name: name.clone(), origin: Some("coracle-demo".into()), ..Default::default() };
     h.request(request, &name).await?;
@@ -187,7 +165,6 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
     let completed = loop {
         let next = tokio::time::timeout_at(deadline, events.next()).await;
         let Ok(Some(msg)) = next else {
-            kubelet.abort();
             bail!("no coracle.backup.completed within {} s", args.timeout);
         };
         let subject = msg.subject.to_string();
@@ -199,7 +176,6 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
             }
         }
     };
-    kubelet.abort();
 
     println!("\n== Backup {name}: {:?} in {:.1}s\n", completed.phase, started.elapsed().as_secs_f64());
     print!("{}", h.coracle(&["backup", "describe", &name, "--nats", &h.nats.url()])?);

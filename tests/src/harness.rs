@@ -1,18 +1,19 @@
 //! A whole Coracle installation on this machine, for end-to-end tests and the demo: a real
-//! nats-server, the simulated API server loaded with a cluster, a simulated kubelet per node
-//! that runs Jobs, local restic repositories, and the real `coracle` binary.
+//! nats-server, the simulated API server loaded with a cluster, the simulated cluster's controllers and a
+//! kubelet per node that run every Job as it appears, local restic repositories, and the real `coracle` binary.
 
 use crate::binaries::{scratch_dir, workspace_bin};
-use crate::kubelet::{Kubelet, Node};
+use crate::kubelet::{Cluster, ClusterConfig};
 use crate::nats::{tools_path, NatsServer};
 use crate::sim::SimServer;
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, consumer::pull};
 use base64::Engine;
 use coracle_events::publish::Publisher;
-use coracle_events::{subjects, BackupRequest, CloudEvent};
+use coracle_events::{subjects, BackupRequest, CloudEvent, RestoreRequest};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,13 +23,14 @@ use std::time::Duration;
 pub const SYSTEM_NAMESPACE: &str = "coracle-system";
 
 pub struct Harness {
+    /// First, so that it stops (killing its processes) before the API server and the files go.
+    pub cluster: Cluster,
     pub nats: NatsServer,
     pub sim: SimServer,
     pub tmp: tempfile::TempDir,
     pub repos: PathBuf,
     pub kubeconfig: PathBuf,
     pub master_key: String,
-    pub kubelet: Kubelet,
 }
 
 /// Writes a file, creating its directories.
@@ -52,25 +54,36 @@ impl Harness {
         let sim = SimServer::start(&objects).await?;
         let kubeconfig = tmp.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig)?;
-        let nodes = nodes
-            .iter()
-            .map(|n| Node { name: n.to_string(), kubelet_root: tmp.path().join("nodes").join(n).join("kubelet") })
-            .collect();
-        let kubelet = Kubelet {
-            client: sim.client()?,
-            nodes,
-            bin_dir: workspace_bin("coracle-volume-job")?.parent().context("bin dir")?.to_path_buf(),
-            extra_env: vec![("PATH".into(), tools_path()), ("RUST_LOG".into(), "info".into())],
-            scratch: tmp.path().join("pods-scratch"),
-        };
-        Ok(Harness { nats, sim, tmp, repos, kubeconfig, master_key, kubelet })
+        // The repositories are local paths: every container sees them, as if on storage reachable from every node.
+        std::fs::create_dir_all(&repos)?;
+        let mut config = ClusterConfig::new(tmp.path().join("cluster"), nodes)?;
+        config.shared_paths.push(repos.clone());
+        let cluster = Cluster::start(&sim, config)?;
+        Ok(Harness { cluster, nats, sim, tmp, repos, kubeconfig, master_key })
     }
 
     /// A pod volume's directory on a node, as the kubelet lays it out
-    /// (`<pods>/<pod-uid>/volumes/<plugin>/<dir>`).
+    /// (`<pods>/<pod-uid>/volumes/<plugin>/<dir>`); PV data is in [`Harness::pv_data_dir`].
     pub fn volume_dir(&self, node: &str, pod_uid: &str, plugin: &str, dir: &str) -> anyhow::Result<PathBuf> {
-        let node = self.kubelet.nodes.iter().find(|n| n.name == node).context("no such node")?;
-        Ok(node.pods_root().join(pod_uid).join("volumes").join(plugin).join(dir))
+        self.cluster.pod_volume_dir(node, pod_uid, plugin, dir)
+    }
+
+    /// A PersistentVolume's data, shared by every pod that mounts it.
+    pub fn pv_data_dir(&self, pv: &str) -> anyhow::Result<PathBuf> {
+        self.cluster.pv_data_dir(pv)
+    }
+
+    /// Waits until the pod is Running with its volumes set up (so its emptyDirs exist).
+    pub async fn wait_running(&self, namespace: &str, pod: &str) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+        self.cluster
+            .wait_pod(namespace, pod, Duration::from_secs(60), |p| {
+                let s = p.status.as_ref();
+                s.and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && s.and_then(|s| s.container_statuses.as_ref()).is_some_and(|c| {
+                        !c.is_empty() && c.iter().all(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_some())
+                    })
+            })
+            .await
     }
 
     fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
@@ -118,7 +131,7 @@ impl Harness {
         self.sim.store().list_as::<Job>(Some(SYSTEM_NAMESPACE))
     }
 
-    /// Runs every Job of one backup on its node; fails when an index fails.
+    /// Waits for every Job of one backup (which the cluster runs as they appear); fails unless all complete.
     pub async fn run_jobs_of(&self, backup_uid: &str) -> anyhow::Result<()> {
         for job in self.jobs()? {
             let labels = job.metadata.labels.clone().unwrap_or_default();
@@ -126,9 +139,9 @@ impl Harness {
                 continue;
             }
             let name = job.metadata.name.clone().unwrap_or_default();
-            let run = self.kubelet.run_job(SYSTEM_NAMESPACE, &name).await?;
-            if let Some(bad) = run.indexes.iter().find(|i| i.exit_code != 0) {
-                bail!("{name} index {} failed: {}\n{}", bad.index, bad.termination_message, bad.stderr);
+            let outcome = self.cluster.wait_job(SYSTEM_NAMESPACE, &name, Duration::from_secs(300)).await?;
+            if !outcome.complete() {
+                bail!("{}", outcome.describe());
             }
         }
         Ok(())
@@ -167,6 +180,107 @@ impl Harness {
     pub fn snapshots(&self, namespace: &str) -> anyhow::Result<Vec<Value>> {
         Ok(serde_json::from_str(&self.restic(namespace, &["snapshots", "--json"])?)?)
     }
+}
+
+impl Harness {
+    /// Publishes a `coracle.restore.requested` event.
+    pub async fn request_restore(&self, request: RestoreRequest, event_id: &str) -> anyhow::Result<()> {
+        let subject = Some(request.name.clone());
+        let event = CloudEvent::new(event_id, "/coracle/tests", subject, request);
+        Publisher::new(self.js().await?).publish(&event).await?;
+        Ok(())
+    }
+
+    /// Installs Coracle's admission webhook: `coracle serve` over HTTPS with a certificate for
+    /// its Service name, reached through the simulated Service, and the
+    /// MutatingWebhookConfiguration a real installation has. The server stops with the guard.
+    pub async fn install_webhook(&self) -> anyhow::Result<ChildGuard> {
+        let (ca, cert, key) = crate::tls::test_ca_and_cert(&["coracle.coracle-system.svc"]);
+        let dir = self.tmp.path().join("webhook-tls");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("tls.crt"), cert)?;
+        std::fs::write(dir.join("tls.key"), key)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = self.command(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--nats", &self.nats.url()])?;
+        cmd.arg("--tls-cert").arg(dir.join("tls.crt")).arg("--tls-key").arg(dir.join("tls.key"));
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        crate::process::die_with_parent(&mut cmd);
+        let guard = ChildGuard(cmd.spawn().context("starting coracle serve")?);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("coracle serve did not listen on {port}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.sim.set_service_endpoint(SYSTEM_NAMESPACE, "coracle", 443, format!("https://127.0.0.1:{port}"));
+        let webhook = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "coracle-restore"},
+            "webhooks": [{
+                "name": "restore.coracle.dev",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "service": {"namespace": SYSTEM_NAMESPACE, "name": "coracle", "path": "/admission/pods", "port": 443},
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+                },
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {"matchLabels": {"coracle.dev/restore": "enabled"}},
+                "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+            }]
+        });
+        self.sim.store().put(webhook)?;
+        Ok(guard)
+    }
+
+    /// Creates a pod again through the API (and so through admission), as its controller would:
+    /// a fresh object from `original` without uid, status or (for `generate_name`) name.
+    pub async fn recreate_pod(&self, original: &Pod, generate_name: Option<&str>) -> anyhow::Result<Pod> {
+        let namespace = original.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let mut pod = original.clone();
+        pod.metadata.uid = None;
+        pod.metadata.resource_version = None;
+        pod.metadata.creation_timestamp = None;
+        pod.metadata.managed_fields = None;
+        pod.status = None;
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.node_name = None;
+        }
+        if let Some(prefix) = generate_name {
+            pod.metadata.name = None;
+            pod.metadata.generate_name = Some(prefix.to_string());
+        }
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.sim.client()?, &namespace);
+        Ok(api.create(&kube::api::PostParams::default(), &pod).await?)
+    }
+}
+
+/// Every file under `dir` with its SHA-256, mode and modification time (relative paths), for
+/// checking that a restore gave back exactly what was backed up. Coracle's `.coracle` marker
+/// directory is left out.
+pub fn tree_digest(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u32, i64)>> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            let rel = path.strip_prefix(dir)?.display().to_string();
+            if rel == coracle_events::MARKER_DIR {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let hash = hex::encode(sha2::Sha256::digest(std::fs::read(&path)?));
+                out.insert(rel, (hash, meta.mode(), meta.mtime()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A child process stopped by pid when dropped.

@@ -9,5 +9,6 @@ pub mod lambda;
 pub mod nats;
 pub mod process;
 pub mod sim;
+pub mod tls;
 
 mod server_thread;

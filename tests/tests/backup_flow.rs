@@ -1,10 +1,11 @@
 //! The backup path end to end, with real parts: a real nats-server, real restic, the real
 //! `coracle` and `coracle-volume-job` binaries, and the simulated Kubernetes API over HTTP.
 //!
-//! backup.requested → plan-backup (NATS consumer) → Jobs in the API → each index run as a
-//! process against a kubelet pods tree holding real files (CSI PV with `mount/`, emptyDir,
-//! NFS PV) → snapshots in per-namespace repositories → progress and completion events →
-//! record-result → exactly one backup.completed. Then duplicates, then a re-created pod.
+//! backup.requested → plan-backup (NATS consumer) → Jobs in the API → the simulated cluster runs
+//! them: each index a process in its own mount namespace reading the node's pods tree, where the
+//! pods' volumes hold real files (CSI PV with `mount/`, emptyDir, NFS PV) → snapshots in
+//! per-namespace repositories → progress and completion events → record-result → exactly one
+//! backup.completed. Then duplicates, then a re-created pod.
 
 use anyhow::Context as _;
 use coracle_events::publish::Publisher;
@@ -22,17 +23,21 @@ const WEB_PVC_UID: &str = "7a4b0a11-2222-4222-8222-000000000001";
 
 async fn start() -> anyhow::Result<Harness> {
     let h = Harness::start("backup-flow", include_str!("../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
-    // The volumes as the kubelet lays them out, with real files.
-    let csi = h.volume_dir("node-1", WEB_UID, "kubernetes.io~csi", WEB_PV)?;
-    write_file(&csi.join("mount/index.html"), b"<h1>shop</h1>\n")?;
-    write_file(&csi.join("mount/assets/app.js"), "console.log(1);\n".repeat(500).as_bytes())?;
-    write_file(&csi.join("vol_data.json"), b"{\"driverName\":\"hostpath.csi.k8s.io\"}")?;
+    // Real files: in the PVs' storage (mounted into the pods' volume directories on their nodes) and in the
+    // web pod's emptyDir.
+    let web = h.pv_data_dir(WEB_PV)?;
+    write_file(&web.join("index.html"), b"<h1>shop</h1>\n")?;
+    write_file(&web.join("assets/app.js"), "console.log(1);\n".repeat(500).as_bytes())?;
+    write_file(&h.pv_data_dir("nfs-media-share")?.join("movies/list.txt"), b"heat\nronin\n")?;
+    h.wait_running("shop", "web-6d4cf56db6-x7k2p").await?;
+    h.wait_running("media", "files-0").await?;
+    let share = h.volume_dir("node-2", FILES_UID, "kubernetes.io~nfs", "nfs-media-share")?;
+    let seen = std::fs::read_to_string(h.cluster.node_view("node-2", &share.join("movies/list.txt"))?)?;
+    assert_eq!(seen, "heat\nronin\n", "node-2 sees the NFS PV's data in the pod's volume directory");
     write_file(
         &h.volume_dir("node-1", WEB_UID, "kubernetes.io~empty-dir", "cache")?.join("entry-1"),
         b"cached page\n",
     )?;
-    let nfs = h.volume_dir("node-2", FILES_UID, "kubernetes.io~nfs", "nfs-media-share")?;
-    write_file(&nfs.join("movies/list.txt"), b"heat\nronin\n")?;
     Ok(h)
 }
 
@@ -144,14 +149,22 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     pod.metadata.name = Some("web-6d4cf56db6-q9w8e".into());
     pod.metadata.uid = Some(WEB_UID_2.into());
     pod.metadata.resource_version = None;
+    pod.status = None;
     flow.sim.store().put_as(&pod)?;
-    let old = flow.kubelet.nodes[0].pods_root().join(WEB_UID);
-    let new = flow.kubelet.nodes[0].pods_root().join(WEB_UID_2);
-    std::fs::create_dir_all(new.join("volumes"))?;
-    std::fs::rename(old.join("volumes/kubernetes.io~csi"), new.join("volumes/kubernetes.io~csi"))?;
-    write_file(&new.join("volumes/kubernetes.io~empty-dir/cache/entry-1"), b"cached page\n")?;
-    write_file(&new.join(format!("volumes/kubernetes.io~csi/{WEB_PV}/mount/new.txt")), b"added later\n")?;
-    std::fs::remove_dir_all(&old)?;
+    flow.wait_running("shop", "web-6d4cf56db6-q9w8e").await?;
+    let new_csi = flow.volume_dir("node-1", WEB_UID_2, "kubernetes.io~csi", WEB_PV)?;
+    let seen = std::fs::read_to_string(flow.cluster.node_view("node-1", &new_csi.join("mount/index.html"))?)?;
+    assert_eq!(seen, "<h1>shop</h1>\n", "the new pod's volume holds the PV's data");
+    let new_cache = flow.volume_dir("node-1", WEB_UID_2, "kubernetes.io~empty-dir", "cache")?;
+    assert!(new_cache.is_dir() && std::fs::read_dir(&new_cache)?.next().is_none(), "a new, empty emptyDir");
+    write_file(&new_cache.join("entry-1"), b"cached page\n")?;
+    write_file(&flow.pv_data_dir(WEB_PV)?.join("new.txt"), b"added later\n")?;
+    let old = flow.cluster.pods_root("node-1")?.join(WEB_UID);
+    flow.cluster
+        .wait_for("the deleted pod's directory to go", std::time::Duration::from_secs(20), |_| {
+            Ok((!old.exists()).then_some(()))
+        })
+        .await?;
 
     flow.request(request("nightly-2"), "req-nightly-2").await?;
     flow.drain("plan-backup")?;
@@ -174,6 +187,6 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     assert_eq!(data2["parent"].as_str(), Some(data_id.as_str()), "the PVC's chain survives pod re-creation");
     assert_eq!(second("cache")?["parent"].as_str(), Some(cache_id.as_str()), "so does the emptyDir's");
     assert_eq!(flow.restic("shop", &["dump", data2["id"].as_str().context("id")?, "/new.txt"])?, "added later\n");
-    drop(flow.tmp);
+    drop(flow);
     Ok(())
 }

@@ -1,16 +1,18 @@
 //! HTTP routing of the simulated API server: discovery documents and the REST verbs on resources.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::admission::{self, Admission, Attributes, Operation};
 use super::errors::ApiError;
 use super::openapi;
 use super::patch::{self, PatchKind};
@@ -25,11 +27,15 @@ use super::watch::{self as watch_stream, WatchRequest};
 const BODY_LIMIT: usize = 64 << 20;
 /// Watches without `timeoutSeconds` end after this long, as a real server closes them after 30-60 minutes.
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// How often an update whose object changed while webhooks ran is redone (the API server retries such
+/// conflicts inside its storage update too).
+const UPDATE_ATTEMPTS: usize = 5;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub store: Store,
     pub log: RequestLog,
+    pub admission: Admission,
     pub shutdown: watch::Receiver<bool>,
     /// `127.0.0.1:<port>`, for `GET /api`.
     pub address: String,
@@ -45,9 +51,31 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
-    let response = dispatch(&state, request).await.unwrap_or_else(|err| error_response(&err));
+    let mut warnings = Vec::new();
+    let mut response = dispatch(&state, request, &mut warnings).await.unwrap_or_else(|err| error_response(&err));
+    add_warnings(&mut response, &warnings);
     state.log.record(RecordedRequest { method, path, query, status: response.status().as_u16() });
     response
+}
+
+/// Admission warnings as `Warning: 299 - "<text>"` headers, each text once, as kube-apiserver sends them.
+fn add_warnings(response: &mut Response, warnings: &[String]) {
+    let mut sent: Vec<&String> = Vec::new();
+    for warning in warnings {
+        if sent.contains(&warning) {
+            continue;
+        }
+        sent.push(warning);
+        let text: String = warning
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        if let Ok(value) = HeaderValue::from_bytes(format!("299 - \"{text}\"").as_bytes()) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response {
@@ -69,6 +97,8 @@ struct Call {
     content_type: String,
     accept: String,
     body: Bytes,
+    /// `request.userInfo` for admission.
+    user: Value,
 }
 
 impl Call {
@@ -82,6 +112,20 @@ impl Call {
 
     fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
+    }
+
+    /// `request.options` of an AdmissionReview: the Create/UpdateOptions this request carried.
+    fn options(&self, operation: Operation) -> Value {
+        let mut options = json!({"kind": operation.options_kind(), "apiVersion": "meta.k8s.io/v1"});
+        if self.dry_run() {
+            options["dryRun"] = json!(["All"]);
+        }
+        for field in ["fieldManager", "fieldValidation"] {
+            if let Some(value) = self.param(field) {
+                options[field] = json!(value);
+            }
+        }
+        options
     }
 
     fn json_body(&self) -> Result<Value, ApiError> {
@@ -112,7 +156,7 @@ impl Call {
     }
 }
 
-async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiError> {
+async fn dispatch(state: &AppState, request: Request, warnings: &mut Vec<String>) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let params = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?
@@ -154,6 +198,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         content_type: header(header::CONTENT_TYPE),
         accept: header(header::ACCEPT),
         body,
+        user: admission::user_info(&parts.headers),
     };
     // Legacy `/api/v1/watch/...` paths are the same as `?watch=true`.
     let rest = match rest {
@@ -164,7 +209,7 @@ async fn dispatch(state: &AppState, request: Request) -> Result<Response, ApiErr
         _ => rest,
     };
     let target = Target::parse(group, version, rest)?;
-    resource_call(state, &target, &call)
+    resource_call(state, &target, &call, warnings).await
 }
 
 /// What a resource path names.
@@ -206,7 +251,12 @@ impl Target {
     }
 }
 
-fn resource_call(state: &AppState, target: &Target, call: &Call) -> Result<Response, ApiError> {
+async fn resource_call(
+    state: &AppState,
+    target: &Target,
+    call: &Call,
+    warnings: &mut Vec<String>,
+) -> Result<Response, ApiError> {
     let res = target.res;
     let store = &state.store;
     let Some(name) = target.name.as_deref() else {
@@ -215,7 +265,7 @@ fn resource_call(state: &AppState, target: &Target, call: &Call) -> Result<Respo
             Method::GET => list(store, target, call),
             Method::POST if res.namespaced && target.namespace.is_none() => Err(ApiError::method_not_allowed("POST")),
             Method::POST => {
-                let created = store.create(res, target.namespace.as_deref(), call.json_body()?, call.dry_run())?;
+                let created = create(state, target, call, call.json_body()?, warnings).await?;
                 Ok(json_response(StatusCode::CREATED, &created))
             }
             Method::DELETE => delete_collection(store, target, call),
@@ -237,9 +287,9 @@ fn resource_call(state: &AppState, target: &Target, call: &Call) -> Result<Respo
         }
         Method::PUT => {
             let body = call.json_body()?;
-            ok(store.update(res, ns, name, target.status, call.dry_run(), |_| Ok(body))?)
+            ok(update(state, target, name, call, warnings, |_| Ok(body.clone())).await?)
         }
-        Method::PATCH => patch(store, target, name, call),
+        Method::PATCH => patch(state, target, name, call, warnings).await,
         Method::DELETE if !target.status => {
             let options = if call.body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { call.json_body()? };
             let precondition = |field: &str| options["preconditions"][field].as_str();
@@ -306,8 +356,102 @@ fn watch(state: &AppState, target: &Target, call: &Call) -> Result<Response, Api
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn patch(store: &Store, target: &Target, name: &str, call: &Call) -> Result<Response, ApiError> {
+/// A create through mutating admission: the webhooks see the object before it has a uid (or, with
+/// `generateName`, a name); the store assigns those after.
+async fn create(
+    state: &AppState,
+    target: &Target,
+    call: &Call,
+    body: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
     let res = target.res;
+    let mut object = Store::prepare_create(res, target.namespace.as_deref(), body)?;
+    if object["metadata"].get("creationTimestamp").is_none() {
+        // Go serializes the zero time this way, and the timestamp is set only after admission.
+        object["metadata"]["creationTimestamp"] = Value::Null;
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let namespace = if res.namespaced {
+        object["metadata"]["namespace"].as_str().unwrap_or_default().to_string()
+    } else if res.group.is_empty() && res.plural == "namespaces" {
+        name.clone()
+    } else {
+        String::new()
+    };
+    let attrs = Attributes {
+        res,
+        subresource: "",
+        operation: Operation::Create,
+        namespace: &namespace,
+        name: &name,
+        old_object: None,
+        dry_run: call.dry_run(),
+        options: call.options(Operation::Create),
+        user: &call.user,
+    };
+    let object = admission::admit(&state.store, &state.admission, &attrs, object, warnings).await?;
+    state.store.create(res, target.namespace.as_deref(), object, call.dry_run())
+}
+
+/// An update (PUT, PATCH, either on `/status` too) through mutating admission. `proposed` maps the current
+/// object to the requested one. Without a webhook whose rules match, it is one locked read-modify-write;
+/// with one, the webhooks run unlocked on a snapshot, and the write is redone if the object changed
+/// meanwhile.
+async fn update(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    call: &Call,
+    warnings: &mut Vec<String>,
+    proposed: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let (res, store) = (target.res, &state.store);
+    let ns = target.object_namespace();
+    let subresource = if target.status { "status" } else { "" };
+    let request_namespace = if res.group.is_empty() && res.plural == "namespaces" { name } else { ns };
+    if !admission::may_call(store, res, subresource, Operation::Update, request_namespace)? {
+        return store.update(res, ns, name, target.status, call.dry_run(), proposed);
+    }
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = store.get_object(res, ns, name)?;
+        let object = Store::prepare_update(res, ns, name, proposed(&current)?)?;
+        let attrs = Attributes {
+            res,
+            subresource,
+            operation: Operation::Update,
+            namespace: request_namespace,
+            name,
+            old_object: Some(&current),
+            dry_run: call.dry_run(),
+            options: call.options(Operation::Update),
+            user: &call.user,
+        };
+        let admitted = admission::admit(store, &state.admission, &attrs, object, warnings).await?;
+        let raced = Cell::new(false);
+        let seen = &current["metadata"]["resourceVersion"];
+        let result = store.update(res, ns, name, target.status, call.dry_run(), |now| {
+            if now["metadata"]["resourceVersion"] != *seen {
+                raced.set(true);
+                return Err(ApiError::stale(res, name));
+            }
+            Ok(admitted.clone())
+        });
+        if !raced.get() {
+            return result;
+        }
+    }
+    Err(ApiError::stale(res, name))
+}
+
+async fn patch(
+    state: &AppState,
+    target: &Target,
+    name: &str,
+    call: &Call,
+    warnings: &mut Vec<String>,
+) -> Result<Response, ApiError> {
+    let (res, store) = (target.res, &state.store);
     let ns = target.object_namespace();
     let kind = PatchKind::from_content_type(&call.content_type)
         .ok_or_else(|| ApiError::unsupported_media_type(&call.content_type))?;
@@ -322,14 +466,15 @@ fn patch(store: &Store, target: &Target, name: &str, call: &Call) -> Result<Resp
             return Err(ApiError::bad_request("metadata must be an object"));
         };
         meta.insert("name".into(), json!(name));
-        let created = store.create(res, target.namespace.as_deref(), body, call.dry_run())?;
+        let created = create(state, target, call, body, warnings).await?;
         return Ok(json_response(StatusCode::CREATED, &created));
     }
-    let patched = store.update(res, ns, name, target.status, call.dry_run(), |current| {
+    let patched = update(state, target, name, call, warnings, |current| {
         let mut doc = current.clone();
         patch::apply(kind, &mut doc, &patch)?;
         Ok(doc)
-    })?;
+    })
+    .await?;
     ok(patched)
 }
 

@@ -11,11 +11,52 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     details: Option<Value>,
+    /// A Status passed on whole (an admission webhook's denial), whose reason may be any string.
+    status: Option<Value>,
 }
+
+/// The `metav1.StatusReason` values, so a Status passed on whole keeps a typed reason where it has one.
+const KNOWN_REASONS: &[&str] = &[
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "AlreadyExists",
+    "Conflict",
+    "Gone",
+    "Invalid",
+    "ServerTimeout",
+    "Timeout",
+    "TooManyRequests",
+    "BadRequest",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "RequestEntityTooLarge",
+    "UnsupportedMediaType",
+    "InternalError",
+    "Expired",
+    "ServiceUnavailable",
+];
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self { code, reason, message: message.into(), details: None, status: None }
+    }
+
+    /// 500 InternalError the way kube-apiserver's `NewInternalError(err)` words it.
+    pub fn internal(cause: impl Into<String>) -> Self {
+        let cause = cause.into();
+        let mut err = Self::new(500, "InternalError", format!("Internal error occurred: {cause}"));
+        err.details = Some(json!({"causes": [{"message": cause}]}));
+        err
+    }
+
+    /// A complete `metav1.Status` sent to the client as it is (its `code` must already be an error code).
+    pub fn from_status(status: Value) -> Self {
+        let code = status["code"].as_u64().and_then(|c| u16::try_from(c).ok()).unwrap_or(500);
+        let reason = status["reason"].as_str().unwrap_or_default();
+        let reason = KNOWN_REASONS.iter().copied().find(|r| *r == reason).unwrap_or("");
+        let message = status["message"].as_str().unwrap_or_default().to_string();
+        Self { code, reason, message, details: None, status: Some(status) }
     }
 
     fn about(mut self, res: &ResourceType, name: &str) -> Self {
@@ -80,6 +121,9 @@ impl ApiError {
 
     /// The `metav1.Status` body.
     pub fn to_status(&self) -> Value {
+        if let Some(status) = &self.status {
+            return status.clone();
+        }
         let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",

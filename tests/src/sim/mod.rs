@@ -15,7 +15,10 @@
 //!   that should be backed up must say `status: {phase: Running}`). Secret `stringData` is folded into `data`.
 //! - Only the `/status` subresource is served (no `scale`, `log`, `exec`, `eviction`); the OpenAPI documents
 //!   hold just enough for kubectl to leave validation to the server.
+//! - Mutating admission webhooks are called on creates and updates through the API (see [`admission`] for
+//!   what matches kube-apiserver and what is approximated); there are no validating webhooks.
 
+pub mod admission;
 mod api;
 mod errors;
 mod openapi;
@@ -27,17 +30,21 @@ mod store;
 mod table;
 mod validation;
 mod watch;
+mod webhook_client;
+mod webhooks;
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
+pub use admission::{AdmissionCall, AdmissionOutcome};
 pub use errors::ApiError;
 pub use requests::RecordedRequest;
 pub use resources::{ResourceType, RESOURCES};
 pub use store::Store;
 
 use crate::server_thread::ServerThread;
+use admission::Admission;
 use requests::RequestLog;
 
 /// The name of the cluster, user and context in the kubeconfig [`SimServer::write_kubeconfig`] writes.
@@ -48,6 +55,7 @@ pub struct SimServer {
     url: String,
     store: Store,
     log: RequestLog,
+    admission: Admission,
     server: ServerThread,
 }
 
@@ -67,11 +75,18 @@ impl SimServer {
         let store = Store::new();
         store.load_yaml(objects_yaml).context("loading the simulation's objects")?;
         let log = RequestLog::default();
-        let (app_store, app_log) = (store.clone(), log.clone());
+        let admission = Admission::default();
+        let (app_store, app_log, app_admission) = (store.clone(), log.clone(), admission.clone());
         let server = ServerThread::spawn("coracle-sim", port, move |shutdown, addr| {
-            api::router(api::AppState { store: app_store, log: app_log, shutdown, address: addr.to_string() })
+            api::router(api::AppState {
+                store: app_store,
+                log: app_log,
+                admission: app_admission,
+                shutdown,
+                address: addr.to_string(),
+            })
         })?;
-        Ok(Self { url: format!("http://{}", server.addr()), store, log, server })
+        Ok(Self { url: format!("http://{}", server.addr()), store, log, admission, server })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -103,6 +118,22 @@ impl SimServer {
 
     pub fn clear_requests(&self) {
         self.log.clear();
+    }
+
+    /// Where webhooks whose `clientConfig.service` is `namespace/service:port` are reached, as
+    /// `https://127.0.0.1:<port>` (a cluster's Service and DNS stand-in). The server certificate is still
+    /// verified against `<service>.<namespace>.svc`, as kube-apiserver does, so it must carry that name.
+    pub fn set_service_endpoint(&self, namespace: &str, service: &str, port: u16, url: impl Into<String>) {
+        self.admission.set_endpoint(namespace, service, port, url.into());
+    }
+
+    /// Every admission webhook call so far, in order.
+    pub fn admission_calls(&self) -> Vec<AdmissionCall> {
+        self.admission.calls()
+    }
+
+    pub fn clear_admission_calls(&self) {
+        self.admission.clear();
     }
 
     /// A kubeconfig for this server: no auth, cluster, user and context named [`CONTEXT`], namespace `default`.

@@ -1,5 +1,6 @@
 //! Label selectors (full Kubernetes syntax) and field selectors.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as MetaLabelSelector;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,48 @@ impl LabelSelector {
             }
         }
         Ok(LabelRequirement::Exists(key(part, selector)?))
+    }
+
+    /// A `metav1.LabelSelector` (`matchLabels`, `matchExpressions`), validated as the API server does; an
+    /// absent or empty one selects everything.
+    pub fn from_meta(selector: Option<&MetaLabelSelector>) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        let Some(selector) = selector else { return Ok(Self(reqs)) };
+        for (k, v) in selector.match_labels.iter().flatten() {
+            if !valid_key(k) {
+                return Err(format!("matchLabels: invalid label key {k:?}"));
+            }
+            reqs.push(LabelRequirement::Equals(k.clone(), v.clone()));
+        }
+        for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
+            let field = format!("matchExpressions[{i}]");
+            if !valid_key(&expr.key) {
+                return Err(format!("{field}.key: invalid label key {:?}", expr.key));
+            }
+            let values = expr.values.clone().unwrap_or_default();
+            let key = expr.key.clone();
+            let req = match (expr.operator.as_str(), values.is_empty()) {
+                ("In", false) => LabelRequirement::In(key, values),
+                ("NotIn", false) => LabelRequirement::NotIn(key, values),
+                ("In" | "NotIn", true) => {
+                    return Err(format!(
+                        "{field}.values: Required value: must be specified when `operator` is 'In' or 'NotIn'"
+                    ))
+                }
+                ("Exists", true) => LabelRequirement::Exists(key),
+                ("DoesNotExist", true) => LabelRequirement::DoesNotExist(key),
+                ("Exists" | "DoesNotExist", false) => {
+                    return Err(format!(
+                        "{field}.values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                    ))
+                }
+                (op, _) => {
+                    return Err(format!("{field}.operator: Invalid value: {op:?}: not a valid selector operator"))
+                }
+            };
+            reqs.push(req);
+        }
+        Ok(Self(reqs))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -207,6 +250,32 @@ mod tests {
             assert_eq!(parsed.matches(&p), want, "{sel}");
         }
         assert!(!LabelSelector::parse("app").expect("parses").matches(&pod(Value::Null)));
+    }
+
+    #[test]
+    fn meta_label_selectors() {
+        let parse = |v: Value| {
+            let typed: MetaLabelSelector = serde_json::from_value(v).expect("selector shape");
+            LabelSelector::from_meta(Some(&typed))
+        };
+        let p = pod(json!({"app": "web", "tier": "front"}));
+        let sel = parse(json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]},
+                                 {"key": "gone", "operator": "DoesNotExist"}]}))
+        .expect("valid");
+        assert!(sel.matches(&p));
+        let sel = parse(json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["front"]}]}));
+        assert!(!sel.expect("valid").matches(&p));
+        assert!(parse(json!({})).expect("empty").matches(&pod(Value::Null)));
+        assert!(LabelSelector::from_meta(None).expect("absent").is_empty());
+        for bad in [
+            json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Near", "values": ["x"]}]}),
+            json!({"matchLabels": {"bad key": "x"}}),
+        ] {
+            assert!(parse(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::errors::ApiError;
 use super::resources::{self, ResourceType, RESOURCES};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::validation::validate_metadata;
+use super::webhooks;
 
 /// How many changes watches can resume from; older resourceVersions get 410 Expired, as after etcd compaction.
 const HISTORY_LIMIT: usize = 10_000;
@@ -216,12 +217,13 @@ impl Store {
         object
     }
 
-    /// Checks apiVersion/kind/namespace against the type and the URL and fills server-owned metadata.
-    fn normalize_new(
+    /// A new object as admission sees it: apiVersion/kind checked against the type and filled in, the
+    /// namespace checked against the URL and filled in, `stringData` folded into `data`, webhook
+    /// configurations defaulted and validated; no uid, timestamps or generated name yet.
+    pub(crate) fn prepare_create(
         res: &'static ResourceType,
         url_namespace: Option<&str>,
         mut object: Value,
-        origin: Origin,
     ) -> Result<Value, ApiError> {
         fold_string_data(res, &mut object)?;
         let Some(map) = object.as_object_mut() else {
@@ -248,6 +250,40 @@ impl Store {
         } else {
             meta.remove("namespace");
         }
+        if res.plural == webhooks::PLURAL {
+            webhooks::set_defaults(&mut object);
+            webhooks::validate(res, &object)?;
+        }
+        Ok(object)
+    }
+
+    /// An update as admission sees it: apiVersion/kind checked and filled in, name and namespace from the URL
+    /// (400 when the body names others).
+    pub(crate) fn prepare_update(
+        res: &'static ResourceType,
+        namespace: &str,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, ApiError> {
+        let Some(map) = object.as_object_mut() else {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        };
+        check_type(res, map)?;
+        set_identity(res, namespace, name, map)?;
+        Ok(object)
+    }
+
+    /// Checks apiVersion/kind/namespace against the type and the URL and fills server-owned metadata.
+    fn normalize_new(
+        res: &'static ResourceType,
+        url_namespace: Option<&str>,
+        object: Value,
+        origin: Origin,
+    ) -> Result<Value, ApiError> {
+        let mut object = Self::prepare_create(res, url_namespace, object)?;
+        let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        };
         let has_uid = meta.get("uid").and_then(Value::as_str).is_some_and(|u| !u.is_empty());
         if origin == Origin::Api || !has_uid {
             meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -412,28 +448,7 @@ impl Store {
             updated
         } else {
             check_type(res, map)?;
-            let meta = map.entry("metadata").or_insert_with(|| json!({}));
-            let Some(meta) = meta.as_object_mut() else {
-                return Err(ApiError::bad_request("metadata must be an object"));
-            };
-            let body_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
-            if !body_name.is_empty() && body_name != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
-                )));
-            }
-            let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default();
-            if res.namespaced && !body_ns.is_empty() && body_ns != namespace {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
-            meta.insert("name".into(), json!(name));
-            if res.namespaced {
-                meta.insert("namespace".into(), json!(namespace));
-            } else {
-                meta.remove("namespace");
-            }
+            let meta = set_identity(res, namespace, name, map)?;
             for server_owned in
                 ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"]
             {
@@ -449,6 +464,10 @@ impl Store {
                 };
             }
             fold_string_data(res, &mut next)?;
+            if res.plural == webhooks::PLURAL {
+                webhooks::set_defaults(&mut next);
+                webhooks::validate(res, &next)?;
+            }
             if spec_part(&next) != spec_part(&current) {
                 let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
                 next["metadata"]["generation"] = json!(generation);
@@ -710,6 +729,38 @@ impl Store {
 
 fn too_old(rv: u64) -> ApiError {
     ApiError::expired(format!("too old resource version: {rv}"))
+}
+
+/// The name and namespace of a written object come from the URL; a body naming others is refused.
+fn set_identity<'m>(
+    res: &ResourceType,
+    namespace: &str,
+    name: &str,
+    map: &'m mut Map<String, Value>,
+) -> Result<&'m mut Map<String, Value>, ApiError> {
+    let meta = map.entry("metadata").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    let body_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default();
+    if res.namespaced && !body_ns.is_empty() && body_ns != namespace {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    meta.insert("name".into(), json!(name));
+    if res.namespaced {
+        meta.insert("namespace".into(), json!(namespace));
+    } else {
+        meta.remove("namespace");
+    }
+    Ok(meta)
 }
 
 /// `apiVersion` and `kind` in a body must name the type of the URL; missing ones are filled in.
