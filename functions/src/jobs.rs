@@ -84,6 +84,7 @@ pub fn backup_jobs(
                     host_path: settings.pods_root(),
                     mount_path: PODS_MOUNT,
                     read_only: true,
+                    capabilities: BACKUP_CAPABILITIES,
                 },
                 volume_timeout,
                 settings,
@@ -121,6 +122,7 @@ pub fn restore_job(
             host_path: format!("{}/{pod_uid}", settings.pods_root()),
             mount_path: POD_MOUNT,
             read_only: false,
+            capabilities: RESTORE_CAPABILITIES,
         },
         volume_timeout,
         settings,
@@ -139,7 +141,13 @@ struct JobShape<'a> {
     host_path: String,
     mount_path: &'static str,
     read_only: bool,
+    /// Capabilities beyond dropping ALL: reading needs DAC_READ_SEARCH; writing files of any
+    /// owner back with their owner and mode needs more.
+    capabilities: &'static [&'static str],
 }
+
+const BACKUP_CAPABILITIES: &[&str] = &["DAC_READ_SEARCH"];
+const RESTORE_CAPABILITIES: &[&str] = &["DAC_READ_SEARCH", "DAC_OVERRIDE", "CHOWN", "FOWNER", "FSETID"];
 
 fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
     let count = i32::try_from(shape.count).unwrap_or(i32::MAX);
@@ -210,7 +218,7 @@ fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
             ])),
             ..Default::default()
         }),
-        // Root with only DAC_READ_SEARCH: enough to read files of any owner, nothing else.
+        // Root with only the capabilities the operation needs (see `JobShape::capabilities`).
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
             run_as_non_root: Some(false),
@@ -219,7 +227,7 @@ fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
             privileged: Some(false),
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
-                add: Some(vec!["DAC_READ_SEARCH".into()]),
+                add: Some(shape.capabilities.iter().map(|c| c.to_string()).collect()),
             }),
             ..Default::default()
         }),

@@ -191,8 +191,8 @@ mod tests {
     #[test]
     fn invalid_requests_name_the_field() {
         let cases: [(&[u8], &str); 12] = [
-            (b"", "backup request is empty"),
-            (b"   \n", "backup request is empty"),
+            (b"", "request is empty"),
+            (b"   \n", "request is empty"),
             (b"{\"name\":", "not valid JSON"),
             (b"name: [unclosed", "not valid YAML"),
             (b"- name: x", "expected a mapping of request fields, found a list"),

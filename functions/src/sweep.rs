@@ -104,7 +104,13 @@ fn job_gave_up(job: &Job, index: usize) -> Option<String> {
         return Some(format!("index {index} of Job {name} failed after its retries"));
     }
     let done = indexes(status.completed_indexes.as_deref().unwrap_or("")).contains(&index);
-    let failed = status.conditions.iter().flatten().find(|c| c.type_ == "Failed" && c.status == "True");
+    // FailureTarget comes first and is final: since Kubernetes 1.31 a Job whose pods sit on an
+    // unreachable node may stay there long before (or without ever) reaching Failed.
+    let failed = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "Failed" || c.type_ == "FailureTarget") && c.status == "True");
     match failed {
         Some(c) if !done => Some(format!(
             "Job {name} failed ({}): {}",
