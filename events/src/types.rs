@@ -472,3 +472,9 @@ impl VolumeRestoreFailed {
         )
     }
 }
+
+/// `coracle.schedule.tick`: evaluate every schedule as of the event's `time` attribute (the
+/// minute the tick was meant for; the receiver's clock when absent). Carries no data of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScheduleTick {}
+event_type!(ScheduleTick, "dev.coracle.schedule.tick.v1", subjects::SCHEDULE_TICK);

@@ -10,8 +10,8 @@ use coracle_events::{
     function_source, job_source, subjects, BackupCompleted, BackupPhase, BackupPlanned, BackupRef, BackupRequest,
     BackupStats, CloudEvent, DeadLetter, DecodeError, EventData, PendingRestore, PlannedVolume, RestoreCompleted,
     RestoreOutcome, RestorePlanned, RestorePodReady, RestoreRef, RestoreRequest, RestoreStats, RestoreTarget,
-    RestoreVolume, SkippedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeBackupProgress, VolumeFailure,
-    VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource,
+    RestoreVolume, ScheduleTick, SkippedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeBackupProgress,
+    VolumeFailure, VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource,
 };
 use serde_json::{json, Value};
 use std::fmt::Debug;
@@ -742,6 +742,11 @@ fn restore_completed() {
     }
 }
 
+#[test]
+fn schedule_tick() {
+    contract(ScheduleTick {}, "dev.coracle.schedule.tick.v1", subjects::SCHEDULE_TICK);
+}
+
 /// Every `event_type!` in `src/types.rs` is covered by a `contract` test in this file: a new event
 /// type without a round-trip test fails here.
 #[test]
@@ -769,6 +774,7 @@ fn every_event_type_has_a_round_trip_test() {
         VolumeRestoreCompleted::TYPE,
         VolumeRestoreFailed::TYPE,
         RestoreCompleted::TYPE,
+        ScheduleTick::TYPE,
     ];
     tested.sort_unstable();
     assert_eq!(declared, tested, "event types in src/types.rs vs. those with a contract test here");

@@ -155,3 +155,8 @@ pub async fn jobs_and_pods(
         list_all(Api::namespaced(client.clone(), namespace), &format!("pods {selector}"), Some(selector)).await?;
     Ok((jobs, pods))
 }
+
+/// Every ConfigMap carrying a label (any value) in every namespace, in one paginated LIST.
+pub async fn labelled_configmaps(client: &Client, label: &str) -> Result<Vec<ConfigMap>, KubeError> {
+    list_all(Api::all(client.clone()), &format!("ConfigMaps labelled {label}"), Some(label)).await
+}

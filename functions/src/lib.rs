@@ -16,6 +16,8 @@ pub mod record;
 pub mod request;
 pub mod restore_state;
 pub mod runner;
+pub mod schedule;
+pub mod schedule_cli;
 pub mod selector;
 pub mod serve;
 pub mod settings;

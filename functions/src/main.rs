@@ -41,6 +41,9 @@ enum Command {
     Admission(AdmissionCommand),
     /// Serve the admission endpoints over HTTPS.
     Serve(ServeArgs),
+    /// Backup schedules: create, list, pause, unpause, delete; preview fire times.
+    #[command(subcommand)]
+    Schedule(coracle_functions::schedule_cli::ScheduleCommand),
     /// Recover results from Jobs' termination messages and fail volumes whose Job gave up.
     Sweep {
         #[arg(long, env = "CORACLE_NATS_URL")]
@@ -278,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("stream {} and KV buckets are ready", coracle_events::subjects::STREAM);
         }
         Command::Fn(args) => return run_function(args).await,
+        Command::Schedule(command) => return coracle_functions::schedule_cli::run(command).await,
         Command::Backup(BackupCommand::Get { nats, output }) => {
             let n = Nats::connect(&nats).await?;
             let mut records = n.records.list().await?;

@@ -5,6 +5,7 @@ pub mod admit;
 pub mod plan_backup;
 pub mod plan_restore;
 pub mod record_result;
+pub mod schedule_tick;
 pub mod start_restore;
 pub mod sweep;
 
@@ -19,6 +20,7 @@ pub enum Function {
     RecordResult,
     PlanRestore,
     StartRestore,
+    ScheduleTick,
 }
 
 /// A stable uid for a request without one: the same event id always yields the same uid, so a
@@ -34,6 +36,7 @@ impl Function {
             Function::RecordResult => "record-result",
             Function::PlanRestore => "plan-restore",
             Function::StartRestore => "start-restore",
+            Function::ScheduleTick => schedule_tick::NAME,
         }
     }
 
@@ -49,6 +52,7 @@ impl Function {
             ],
             Function::PlanRestore => &[subjects::RESTORE_REQUESTED],
             Function::StartRestore => &[subjects::RESTORE_POD_READY],
+            Function::ScheduleTick => &[subjects::SCHEDULE_TICK],
         }
     }
 
@@ -58,6 +62,7 @@ impl Function {
             Function::RecordResult => record_result::handle(ctx, payload).await,
             Function::PlanRestore => plan_restore::handle(ctx, payload).await,
             Function::StartRestore => start_restore::handle(ctx, payload).await,
+            Function::ScheduleTick => schedule_tick::handle(ctx, payload).await,
         }
     }
 }
