@@ -1,0 +1,154 @@
+//! `cargo bench -p coracle-tests --bench admission`: admission handling time, p50/p99.
+//!
+//! - in process, pending restores in memory (the function's own cost);
+//! - in process, pending restores in a real NATS KV bucket (production's lookups and claims);
+//! - over HTTPS on loopback with one keep-alive connection to the real server code
+//!   (`coracle_functions::serve`), KV-backed.
+//!
+//! Prints a table and writes `target/bench/admission.json` for the bench script to collect.
+
+use anyhow::Context as _;
+use coracle_events::{BackupRef, PendingRestore, RestoreRef, RestoreTarget};
+use coracle_functions::admission::HelperSettings;
+use coracle_functions::handlers::admit::{review, MemoryPending, PendingStore};
+use coracle_functions::kv_json::JsonKv;
+use coracle_functions::plan_restore::pending_key;
+use coracle_functions::restore_state::PendingEntry;
+use coracle_functions::settings::Settings;
+use coracle_tests::binaries::{scratch_dir, target_dir};
+use coracle_tests::nats::NatsServer;
+use coracle_tests::tls::{client_config, test_ca_and_cert};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ITERATIONS: usize = 2_000;
+const WARMUP: usize = 200;
+
+fn entries() -> Vec<PendingEntry> {
+    let pending = |target: RestoreTarget, snap: &str| {
+        PendingEntry::new(PendingRestore {
+            restore: RestoreRef { name: "shop-restore".into(), uid: "4f0c1d7e-2b8a-4c51-9e0f-6a7b8c9d0e1f".into() },
+            backup: BackupRef { name: "nightly".into(), uid: "b".into() },
+            target_namespace: "shop".into(),
+            target,
+            source_namespace: "shop".into(),
+            source_pod: "web-old".into(),
+            source_volume: "data".into(),
+            snapshot_id: snap.into(),
+            identity: "pvc/u".into(),
+        })
+    };
+    vec![
+        pending(RestoreTarget::Pvc { claim: "web-data".into() }, "s1"),
+        pending(RestoreTarget::Workload { owner: "deployment/web".into(), volume: "cache".into() }, "s2"),
+    ]
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    (at(0.50), at(0.99))
+}
+
+async fn time_reviews<S: PendingStore>(store: &S, body: &[u8]) -> Vec<Duration> {
+    let settings = HelperSettings::from(&Settings::default());
+    for _ in 0..WARMUP {
+        review(store, &settings, body).await;
+    }
+    let mut out = Vec::with_capacity(ITERATIONS);
+    for _ in 0..ITERATIONS {
+        let t = Instant::now();
+        let resp = review(store, &settings, body).await;
+        out.push(t.elapsed());
+        assert_eq!(resp["response"]["patchType"], "JSONPatch");
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../functions/tests/fixtures/admission/generate-name-pod.json"
+    ))?;
+
+    let memory = MemoryPending::default();
+    if let Ok(mut map) = memory.0.lock() {
+        for e in entries() {
+            map.insert(pending_key("shop", &e.pending.target), e);
+        }
+    }
+    let in_memory = percentiles(time_reviews(&memory, &body).await);
+
+    let nats = NatsServer::start()?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    coracle_events::bootstrap::ensure(&js).await?;
+    let kv: JsonKv<PendingEntry> = JsonKv::open(&js, coracle_events::subjects::KV_RESTORES, "pending.").await?;
+    for e in entries() {
+        kv.create(&pending_key("shop", &e.pending.target), &e).await?;
+    }
+    let in_kv = percentiles(time_reviews(&kv, &body).await);
+
+    // Over HTTPS: the real server code on loopback, one keep-alive connection.
+    let dir = scratch_dir("bench-admission")?;
+    let (ca, cert, key) = test_ca_and_cert(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("tls.crt"), &cert)?;
+    std::fs::write(dir.path().join("tls.key"), &key)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let app = coracle_functions::serve::router(kv.clone(), HelperSettings::from(&Settings::default()));
+    let (crt, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let addr = format!("127.0.0.1:{port}");
+    let server = tokio::spawn(async move { coracle_functions::serve::serve(&addr, &crt, &k, app).await });
+    let tcp = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(t) => break t,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    tcp.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca.as_bytes())?));
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned(), tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut samples = Vec::with_capacity(ITERATIONS);
+    for i in 0..WARMUP + ITERATIONS {
+        let req = hyper::Request::post("/admission/pods")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())))?;
+        // The connection is reused: wait until the previous exchange has released it.
+        sender.ready().await?;
+        let t = Instant::now();
+        let resp = sender.send_request(req).await?;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if i >= WARMUP {
+            samples.push(t.elapsed());
+        }
+        anyhow::ensure!(bytes.windows(9).any(|w| w == b"JSONPatch"), "unexpected answer");
+    }
+    let https = percentiles(samples);
+    server.abort();
+
+    println!("admission review (generate-name pod, 2 pending volumes), {ITERATIONS} reviews each");
+    println!("{:<34} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    for (name, (p50, p99)) in [
+        ("in process, entries in memory", in_memory),
+        ("in process, entries in NATS KV", in_kv),
+        ("HTTPS keep-alive, NATS KV", https),
+    ] {
+        println!("{name:<34} {p50:>9.3} {p99:>9.3}");
+    }
+    let out = target_dir()?.join("../bench");
+    std::fs::create_dir_all(&out)?;
+    let report = json!({
+        "iterations": ITERATIONS,
+        "in_process_memory": {"p50_ms": in_memory.0, "p99_ms": in_memory.1},
+        "in_process_kv": {"p50_ms": in_kv.0, "p99_ms": in_kv.1},
+        "https_kv": {"p50_ms": https.0, "p99_ms": https.1},
+    });
+    std::fs::write(out.join("admission.json"), serde_json::to_vec_pretty(&report)?).context("writing the report")?;
+    Ok(())
+}
