@@ -165,6 +165,8 @@ pub struct BackupStats {
 pub struct VolumeBackupCompleted {
     pub backup: BackupRef,
     pub volume: PlannedVolume,
+    /// Empty when the volume held no files: restic stores no empty snapshot, and restoring the
+    /// volume means leaving it empty.
     pub snapshot_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_snapshot: Option<String>,
@@ -364,7 +366,11 @@ pub struct RestoreVolume {
     /// Directory under `<pod dir>/volumes/*/`: the PV name for PVCs, the volume name otherwise.
     pub dir: String,
     pub source_namespace: String,
+    /// Empty for a volume that was empty when backed up: the restore only writes the marker.
     pub snapshot_id: String,
+    /// The pending entry this volume restores (`plan_restore::pending_key`), echoed in results.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub entry: String,
 }
 
 impl RestoreVolume {

@@ -624,6 +624,7 @@ fn restore_volume() -> RestoreVolume {
         dir: "pvc-11112222-web-data".into(),
         source_namespace: "shop".into(),
         snapshot_id: "4f1c0b9e".into(),
+        entry: String::new(),
     }
 }
 

@@ -416,6 +416,7 @@ mod tests {
             dir: "pv-1".into(),
             source_namespace: "shop".into(),
             snapshot_id: "abc".into(),
+            entry: String::new(),
         };
         let job = restore_job(&restore, pod_uid, "node-2", &[vol], Duration::from_secs(600), &Settings::default());
         assert_eq!(job.metadata.name, Some(restore_job_name(&restore.uid, pod_uid)));

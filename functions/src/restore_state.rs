@@ -211,6 +211,7 @@ mod tests {
             dir: "pv-1".into(),
             source_namespace: "shop".into(),
             snapshot_id: "s1".into(),
+            entry: String::new(),
         }
     }
 

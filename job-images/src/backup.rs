@@ -157,6 +157,17 @@ async fn backup_volume(
     let tags = tags::snapshot_tags(backup, volume)?;
     let resolved = paths::resolve_planned(&args.pods_root, volume)?;
     tracing::info!(attempt, "backing up {} from {}", volume.key(), resolved.path.display());
+    if is_empty_dir(&resolved.path) {
+        // restic (0.17+) refuses to store an empty snapshot; an empty volume is still a
+        // successful backup, and restoring it means leaving it empty.
+        tracing::info!("{} is empty: nothing to store, no snapshot", volume.key());
+        return Ok(Done {
+            snapshot_id: String::new(),
+            parent: None,
+            stats: BackupStats::default(),
+            warnings: Vec::new(),
+        });
+    }
 
     let restic = job::open_repository(&args.job, &volume.namespace).await?;
     let state = restic
@@ -208,6 +219,11 @@ async fn backup_volume(
         notifier.publish(notify::progress_id(&backup.uid, volume, attempt, run_id, u64::MAX), last).await;
     }
     Ok(Done { snapshot_id, parent, stats: stats(&run), warnings })
+}
+
+/// A directory with no entries at all (an unreadable one is left for restic to report).
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()).unwrap_or(false)
 }
 
 async fn publish_progress(

@@ -110,6 +110,7 @@ fn placeholder_volume() -> RestoreVolume {
         dir: String::new(),
         source_namespace: String::new(),
         snapshot_id: String::new(),
+        entry: String::new(),
     }
 }
 
@@ -139,6 +140,9 @@ pub fn validate_volume(restore: &RestoreRef, volume: &RestoreVolume) -> Result<(
     names::validate_uuid("pod uid", &volume.pod_uid)?;
     names::validate_name("volume name", &volume.volume, NameKind::Label)?;
     names::validate_name("source namespace", &volume.source_namespace, NameKind::Label)?;
+    if volume.snapshot_id.is_empty() {
+        return Ok(());
+    }
     names::validate_snapshot_id(&volume.snapshot_id)
 }
 
@@ -168,6 +172,12 @@ async fn restore_into(
     );
     if holds_data(target) {
         tracing::warn!("{} is not empty: files of the same name are overwritten, all others kept", volume.key());
+    }
+    if volume.snapshot_id.is_empty() {
+        markers::prepare(target)?;
+        let marker = markers::write_done(target, &restore.uid, "the volume was empty when it was backed up\n")?;
+        tracing::info!("empty volume: nothing to restore; marker written: {}", marker.display());
+        return Ok(RestoreStats { duration_seconds: started.elapsed().as_secs_f64(), ..RestoreStats::default() });
     }
     let restic = job::open_repository(&args.job, &volume.source_namespace).await?;
     markers::prepare(target)?;
@@ -286,6 +296,7 @@ mod tests {
             dir: "pvc-7d9e0c52".into(),
             source_namespace: "shop-old".into(),
             snapshot_id: "38deac329419ed8e794ea924795ea948df667cb05e941a4522ee1e885ff54b95".into(),
+            entry: String::new(),
         }
     }
 

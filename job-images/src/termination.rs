@@ -212,6 +212,7 @@ mod tests {
                 dir: "pv-1".into(),
                 source_namespace: "shop".into(),
                 snapshot_id: "a".repeat(64),
+                entry: String::new(),
             },
             reason: "x".repeat(10_000),
             attempt: 0,

@@ -158,6 +158,7 @@ fn target(f: &Fixture, snapshot: &str) -> RestoreVolume {
         dir: "pv-2".into(),
         source_namespace: "shop".into(),
         snapshot_id: snapshot.into(),
+        entry: String::new(),
     }
 }
 
@@ -603,4 +604,19 @@ fn sigterm_still_writes_a_failed_outcome_and_marker() {
     assert!(failed.reason.contains("terminated by SIGTERM"), "{}", failed.reason);
     let marker = f.csi_mount(POD_B, "pv-2").join(".coracle").join(format!("{RESTORE_UID}.failed"));
     assert!(std::fs::read_to_string(marker).unwrap().contains("terminated by SIGTERM"));
+}
+
+/// restic refuses to store an empty snapshot: an empty volume backs up as Completed with no
+/// snapshot, and restoring it only writes the marker (leaving the volume empty).
+#[test]
+fn an_empty_volume_backs_up_without_a_snapshot_and_restores_to_empty() {
+    let f = Fixture::new(&restic());
+    std::fs::create_dir_all(f.csi_mount(POD_A, "pv-1")).unwrap();
+    assert_eq!(f.backup(), "", "no snapshot for an empty volume");
+    let run = f.restore(&[target(&f, "")], POD_B, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mount = f.csi_mount(POD_B, "pv-2");
+    assert!(mount.join(".coracle").join(RESTORE_UID).is_file(), "the helper still gets its marker");
+    let entries: Vec<_> = std::fs::read_dir(&mount).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(entries, [std::ffi::OsString::from(".coracle")]);
 }

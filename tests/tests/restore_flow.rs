@@ -33,7 +33,8 @@ async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyhow::Result<()> {
-    let h = Harness::start("restore-flow", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
+    let h =
+        Harness::start("restore-flow", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     let web = h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     h.wait_running("shop", "db-0").await?;
@@ -46,13 +47,17 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
         for i in 0..n {
             let path = dir.join(format!("d{}/f{i}.bin", i % 3));
             write_file(&path, format!("{i}:{}", "x".repeat(i * 997)).as_bytes())?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600 + (i as u32 % 2) * 0o44))?;
+            std::fs::set_permissions(
+                &path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600 + (i as u32 % 2) * 0o44),
+            )?;
             let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000 + i as u64 * 3600);
             std::fs::File::options().write(true).open(&path)?.set_modified(old)?;
         }
     }
     let before: BTreeMap<&str, _> =
-        [("web-data", tree_digest(&web_data)?), ("db-data", tree_digest(&db_data)?), ("cache", tree_digest(&cache)?)].into();
+        [("web-data", tree_digest(&web_data)?), ("db-data", tree_digest(&db_data)?), ("cache", tree_digest(&cache)?)]
+            .into();
 
     let _functions = ["plan-backup", "record-result", "plan-restore", "start-restore"]
         .iter()
@@ -61,7 +66,8 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
     let _webhook = h.install_webhook().await?;
 
     // 1. Back up the shop namespace.
-    let backup = BackupRequest { name: "shop-backup".into(), included_namespaces: vec!["shop".into()], ..Default::default() };
+    let backup =
+        BackupRequest { name: "shop-backup".into(), included_namespaces: vec!["shop".into()], ..Default::default() };
     h.request(backup, "shop-backup").await?;
     let done: BackupCompleted = wait_event(&h, subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
     assert_eq!((done.phase, done.volumes), (BackupPhase::Completed, 4), "web data+cache, db-0, db-1: {done:?}");
@@ -79,7 +85,10 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
     assert!(tree_digest(&web_data)?.is_empty());
 
     // 3. Restore, then re-create the workloads' pods as their controllers would.
-    let restore = RestoreRequest { name: "shop-restore".into(), backup: "shop-backup".into(), volumes: vec![], ..Default::default() };
+    // Only what is re-created below: a restore waits for the pods of every entry it plans.
+    let volumes = ["shop/web-data", "shop/cache", "shop/data-db-0"].map(String::from).to_vec();
+    let restore =
+        RestoreRequest { name: "shop-restore".into(), backup: "shop-backup".into(), volumes, ..Default::default() };
     h.request_restore(RestoreRequest { included_namespaces: vec!["shop".into()], ..restore }, "shop-restore").await?;
     let js = h.js().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -93,7 +102,11 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
     let new_db0 = h.recreate_pod(&db0, None).await?;
     let web_name = new_web.metadata.name.clone().context("generated name")?;
     let inits = |p: &Pod| p.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
-    assert_eq!(inits(&new_web).first().map(|c| c.name.as_str()), Some("coracle-restore-wait"), "the webhook injected the helper");
+    assert_eq!(
+        inits(&new_web).first().map(|c| c.name.as_str()),
+        Some("coracle-restore-wait"),
+        "the webhook injected the helper"
+    );
     assert_eq!(inits(&new_db0).first().map(|c| c.name.as_str()), Some("coracle-restore-wait"));
 
     // 4. The helper holds the app until the data is back; then the pods run.
@@ -109,15 +122,24 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
         .context("helper status")?;
     let helper_done = helper.state.and_then(|s| s.terminated).context("the helper finished")?;
     assert_eq!(helper_done.exit_code, 0);
-    let app_started = web_running.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c[0].state.as_ref()?.running.as_ref()?.started_at.clone()).context("app started")?;
+    let app_started = web_running
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].state.as_ref()?.running.as_ref()?.started_at.clone())
+        .context("app started")?;
     let helper_finished = helper_done.finished_at.context("finish time")?;
     assert!(helper_finished.0 <= app_started.0, "the app started only after the helper let it");
 
     // 5. The data matches, and the markers are gone.
     let new_uid = web_running.metadata.uid.clone().context("uid")?;
     let new_cache: PathBuf = h.volume_dir("node-1", &new_uid, "kubernetes.io~empty-dir", "cache")?;
-    let after: BTreeMap<&str, _> =
-        [("web-data", tree_digest(&web_data)?), ("db-data", tree_digest(&db_data)?), ("cache", tree_digest(&new_cache)?)].into();
+    let after: BTreeMap<&str, _> = [
+        ("web-data", tree_digest(&web_data)?),
+        ("db-data", tree_digest(&db_data)?),
+        ("cache", tree_digest(&new_cache)?),
+    ]
+    .into();
     assert_eq!(after, before);
     assert!(!web_data.join(coracle_events::MARKER_DIR).join(&restored.restore.uid).exists(), "marker removed");
     let described = h.coracle(&["restore", "describe", "shop-restore", "--nats", &h.nats.url(), "-o", "json"])?;

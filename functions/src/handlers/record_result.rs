@@ -63,13 +63,8 @@ async fn restore_result(
     let Some((record, _)) = nats.restores.get(&restore.name).await? else {
         return Err(HandleError::retryable(format!("no record for restore {} yet", restore.name)));
     };
-    // The entry this volume restored: a snapshot is one source volume, and a restore restores
-    // each into one target, so (target namespace, snapshot) names the entry.
-    let key = record
-        .entries
-        .iter()
-        .find(|(_, e)| e.pending.target_namespace == volume.namespace && e.pending.snapshot_id == volume.snapshot_id)
-        .map(|(k, _)| k.clone());
+    // The entry this volume restored, as start-restore named it.
+    let key = record.entries.contains_key(&volume.entry).then(|| volume.entry.clone());
     let Some(key) = key else {
         return Err(HandleError::permanent(format!("restore {} has no entry for {}", restore.name, volume.key())));
     };

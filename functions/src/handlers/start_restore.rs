@@ -68,6 +68,7 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
             dir,
             source_namespace: entry.pending.source_namespace.clone(),
             snapshot_id: entry.pending.snapshot_id.clone(),
+            entry: key,
         });
     }
     if volumes.is_empty() {
