@@ -6,12 +6,18 @@
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent};
-use coracle_tests::harness::{write_file, Harness};
+use coracle_events::{
+    subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent, RestoreCompleted, RestorePlanned, RestoreRequest,
+};
+use coracle_tests::harness::{tree_digest, write_file, Harness};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+const WEB_POD: &str = "web-7c9d8f6b5d-h2x9k";
 
 #[derive(Parser)]
 #[command(about = "Run Coracle end to end on an embedded NATS and a simulated cluster with real restic")]
@@ -97,6 +103,18 @@ fn describe_event(subject: &str, payload: &[u8]) -> String {
         ),
         subjects::VOLUME_BACKUP_FAILED => format!("{}  {}", s(&d["volume"]["volume"]), s(&d["reason"])),
         subjects::BACKUP_COMPLETED => format!("{} phase {}", s(&d["backup"]["name"]), s(&d["phase"])),
+        subjects::RESTORE_REQUESTED => format!("restore {} from backup {}", s(&d["name"]), s(&d["backup"])),
+        subjects::RESTORE_PLANNED => format!("{} volumes pending restore", d["entries"].as_array().map_or(0, Vec::len)),
+        subjects::RESTORE_POD_READY => format!("{}/{} waiting for {}", s(&d["namespace"]), s(&d["pod"]), d["volumes"]),
+        subjects::VOLUME_RESTORE_COMPLETED => format!(
+            "{}/{}/{}  {} files",
+            s(&d["volume"]["namespace"]),
+            s(&d["volume"]["pod"]),
+            s(&d["volume"]["volume"]),
+            d["stats"]["files"]
+        ),
+        subjects::VOLUME_RESTORE_FAILED => format!("{}  {}", s(&d["volume"]["volume"]), s(&d["reason"])),
+        subjects::RESTORE_COMPLETED => format!("{} phase {}", s(&d["restore"]["name"]), s(&d["phase"])),
         _ => ev.ty.clone(),
     };
     format!("{:<34} {detail}", subject)
@@ -136,7 +154,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
 
     // Functions as long-running consumers, as KEDA would keep them while messages flow.
-    let functions = vec![h.spawn_function("plan-backup")?, h.spawn_function("record-result")?];
+    let functions = ["plan-backup", "record-result", "plan-restore", "start-restore"]
+        .iter()
+        .map(|f| h.spawn_function(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let outcome = drive(&h, &args).await;
     drop(functions);
     let ok = outcome?;
@@ -162,20 +183,9 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
     h.request(request, &name).await?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-    let completed = loop {
-        let next = tokio::time::timeout_at(deadline, events.next()).await;
-        let Ok(Some(msg)) = next else {
-            bail!("no coracle.backup.completed within {} s", args.timeout);
-        };
-        let subject = msg.subject.to_string();
-        println!("  +{:>5.1}s  {}", started.elapsed().as_secs_f64(), describe_event(&subject, &msg.payload));
-        if subject == subjects::BACKUP_COMPLETED {
-            let ev = coracle_events::envelope::decode::<BackupCompleted>(&msg.payload)?;
-            if ev.data.backup.name == name {
-                break ev.data;
-            }
-        }
-    };
+    let completed: BackupCompleted =
+        follow(&mut events, started, deadline, subjects::BACKUP_COMPLETED, |c: &BackupCompleted| c.backup.name == name)
+            .await?;
 
     println!("\n== Backup {name}: {:?} in {:.1}s\n", completed.phase, started.elapsed().as_secs_f64());
     print!("{}", h.coracle(&["backup", "describe", &name, "--nats", &h.nats.url()])?);
@@ -183,5 +193,117 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
         println!("\n== restic snapshots in the {namespace} repository ({})", h.repos.join(namespace).display());
         print!("{}", h.restic(namespace, &["snapshots", "--compact"]).context("listing snapshots")?);
     }
-    Ok(completed.phase == BackupPhase::Completed)
+    if completed.phase != BackupPhase::Completed {
+        return Ok(false);
+    }
+    restore(h, &mut events, &name, deadline).await
+}
+
+/// Prints every event until the first `T` on `subject` that `wanted` accepts.
+async fn follow<T: coracle_events::EventData>(
+    events: &mut async_nats::Subscriber,
+    started: std::time::Instant,
+    deadline: tokio::time::Instant,
+    subject: &str,
+    wanted: impl Fn(&T) -> bool,
+) -> anyhow::Result<T> {
+    loop {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, events.next()).await else {
+            bail!("no {subject} before the demo's timeout");
+        };
+        let got = msg.subject.to_string();
+        println!("  +{:>5.1}s  {}", started.elapsed().as_secs_f64(), describe_event(&got, &msg.payload));
+        if got == subject {
+            let ev = coracle_events::envelope::decode::<T>(&msg.payload)?;
+            if wanted(&ev.data) {
+                return Ok(ev.data);
+            }
+        }
+    }
+}
+
+/// Act two: the shop namespace loses its pods and data, and gets both back.
+async fn restore(
+    h: &Arc<Harness>,
+    events: &mut async_nats::Subscriber,
+    backup: &str,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<bool> {
+    let started = std::time::Instant::now();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(h.sim.client()?, "shop");
+    let originals = [pods.get(WEB_POD).await?, pods.get("db-0").await?, pods.get("db-1").await?];
+    let web_uid = originals[0].metadata.uid.clone().unwrap_or_default();
+    let mut volumes: Vec<(&str, PathBuf)> =
+        vec![("web/cache", h.volume_dir("node-1", &web_uid, "kubernetes.io~empty-dir", "cache")?)];
+    for (label, pv) in [
+        ("web/data", "pvc-9b1f3c2a-web-data"),
+        ("db-0/data", "pvc-4e7d0b11-data-db-0"),
+        ("db-1/data", "pvc-4e7d0b12-data-db-1"),
+    ] {
+        volumes.push((label, h.pv_data_dir(pv)?));
+    }
+    let mut before = Vec::new();
+    for (_, dir) in &volumes {
+        before.push(tree_digest(dir)?);
+    }
+
+    println!("\n== Disaster: the shop namespace's pods are deleted and their volumes wiped");
+    let _webhook = h.install_webhook().await?;
+    for pod in &originals {
+        pods.delete(pod.metadata.name.as_deref().unwrap_or_default(), &Default::default()).await?;
+    }
+    for (_, dir) in volumes.iter().skip(1) {
+        std::fs::remove_dir_all(dir)?;
+        std::fs::create_dir_all(dir)?;
+    }
+
+    let name = format!("{backup}-restore");
+    println!("== Publishing coracle.restore.requested for {name}, then re-creating the pods\n");
+    let request = RestoreRequest {
+        name: name.clone(),
+        backup: backup.into(),
+        included_namespaces: vec!["shop".into()],
+        ..Default::default()
+    };
+    h.request_restore(request, &name).await?;
+    follow(events, started, deadline, subjects::RESTORE_PLANNED, |p: &RestorePlanned| p.restore.name == name).await?;
+    let web = h.recreate_pod(&originals[0], Some("web-7c9d8f6b5d-")).await?;
+    for pod in &originals[1..] {
+        h.recreate_pod(pod, None).await?;
+    }
+    let web_name = web.metadata.name.clone().unwrap_or_default();
+    println!("  (the webhook injected coracle-restore-wait into {web_name}, db-0 and db-1; their apps wait)");
+    let done: RestoreCompleted =
+        follow(events, started, deadline, subjects::RESTORE_COMPLETED, |c: &RestoreCompleted| c.restore.name == name)
+            .await?;
+    let web = h.wait_running("shop", &web_name).await?;
+    h.wait_running("shop", "db-0").await?;
+    h.wait_running("shop", "db-1").await?;
+    volumes[0].1 =
+        h.volume_dir("node-1", web.metadata.uid.as_deref().unwrap_or_default(), "kubernetes.io~empty-dir", "cache")?;
+
+    println!(
+        "\n== Restore {name}: {:?} in {:.1}s; every pod is Running again\n",
+        done.phase,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", h.coracle(&["restore", "describe", &name, "--nats", &h.nats.url()])?);
+    println!(
+        "\n== Checksums (SHA-256 of every file, with mode and mtime), before the disaster and after the restore\n"
+    );
+    let mut all_match = done.phase == BackupPhase::Completed;
+    let mut rows = Vec::new();
+    for ((label, dir), expected) in volumes.iter().zip(&before) {
+        let actual = tree_digest(dir)?;
+        let same = &actual == expected;
+        all_match &= same;
+        rows.push(vec![
+            label.to_string(),
+            expected.len().to_string(),
+            actual.len().to_string(),
+            if same { "identical".into() } else { "DIFFERENT".into() },
+        ]);
+    }
+    print!("{}", coracle_functions::cli::table(&["VOLUME", "FILES BEFORE", "FILES AFTER", "CONTENT"], &rows));
+    Ok(all_match)
 }
