@@ -4,7 +4,9 @@
 
 pub mod bootstrap;
 pub mod consume;
+pub mod duration;
 pub mod envelope;
+pub mod names;
 pub mod publish;
 pub mod subjects;
 pub mod types;

@@ -4,7 +4,7 @@
 pub mod admission;
 pub mod cli;
 pub mod context;
-pub mod duration;
+pub use coracle_events::duration;
 pub mod handlers;
 pub mod jobs;
 pub mod kube_cluster;

@@ -372,22 +372,8 @@ fn is_qualified_name_part(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-/// RFC 1123 label as Kubernetes checks it: 1-63 lowercase alphanumerics or `-`, alphanumeric at
-/// both ends. Namespace, volume and many other object names are labels.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-/// RFC 1123 subdomain as Kubernetes checks it: at most 253 characters, dot-separated labels.
-/// Pod, PVC and most other object names are subdomains.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
+/// Kubernetes name rules, shared with every crate through the events crate.
+pub use coracle_events::names::{is_dns1123_label, is_dns1123_subdomain};
 
 #[cfg(test)]
 mod tests {

@@ -81,7 +81,7 @@ impl Config {
             None => errors.push(format!("{VOLUMES} is not set (comma-separated pod volume names)")),
             Some(list) => {
                 for volume in list.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-                    if let Err(e) = names::validate_label(&format!("{VOLUMES} entry"), volume) {
+                    if let Err(e) = names::validate_name(&format!("{VOLUMES} entry"), volume, names::NameKind::Label) {
                         errors.push(e.to_string());
                     } else if volumes.iter().any(|v| v == volume) {
                         warnings.push(format!("{VOLUMES} lists {volume} twice"));
@@ -97,7 +97,7 @@ impl Config {
 
         let mut keep_markers = Vec::new();
         for volume in var(KEEP_MARKERS).unwrap_or_default().split(',').map(str::trim).filter(|v| !v.is_empty()) {
-            if let Err(e) = names::validate_label(&format!("{KEEP_MARKERS} entry"), volume) {
+            if let Err(e) = names::validate_name(&format!("{KEEP_MARKERS} entry"), volume, names::NameKind::Label) {
                 errors.push(e.to_string());
             } else if !volumes.iter().any(|v| v == volume) {
                 warnings.push(format!("{KEEP_MARKERS} names {volume}, which {VOLUMES} does not list"));
@@ -168,10 +168,10 @@ fn pod_identity(
             }
         }
     };
-    let namespace = check(POD_NAMESPACE, names::validate_label);
-    let name = check(POD_NAME, names::validate_subdomain);
+    let namespace = check(POD_NAMESPACE, |w, v| names::validate_name(w, v, names::NameKind::Label));
+    let name = check(POD_NAME, |w, v| names::validate_name(w, v, names::NameKind::Subdomain));
     let uid = check(POD_UID, names::validate_uuid);
-    let node = check(NODE_NAME, names::validate_subdomain);
+    let node = check(NODE_NAME, |w, v| names::validate_name(w, v, names::NameKind::Subdomain));
     let missing: Vec<&str> = [(POD_NAMESPACE, &namespace), (POD_NAME, &name), (POD_UID, &uid), (NODE_NAME, &node)]
         .into_iter()
         .filter(|(n, v)| v.is_none() && var(n).is_none())

@@ -7,10 +7,10 @@
 
 pub mod announce;
 pub mod config;
-pub mod duration;
+pub use coracle_events::duration;
 pub mod log;
 pub mod markers;
-pub mod names;
+pub use coracle_events::names;
 pub mod watch;
 
 /// The exit codes, part of the contract with the admission function and the docs.

@@ -14,7 +14,7 @@ pub mod cli;
 pub mod job;
 pub mod keys;
 pub mod markers;
-pub mod names;
+pub use coracle_events::names;
 pub mod notify;
 pub mod paths;
 pub mod progress;

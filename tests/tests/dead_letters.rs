@@ -5,16 +5,16 @@
 //! dead-letters it once deliveries run out.
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use coracle_events::publish::Publisher;
 use coracle_events::{
     subjects, BackupCompleted, BackupPhase, BackupPlanned, BackupRef, BackupRequest, BackupStats, CloudEvent,
     DeadLetter, EventData, PlannedVolume, VolumeBackupCompleted, VolumeSource, MAX_DLQ_PAYLOAD,
 };
 use coracle_tests::binaries::{scratch_dir, workspace_bin};
+use coracle_tests::harness::messages;
 use coracle_tests::nats::NatsServer;
 use coracle_tests::sim::SimServer;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,30 +52,6 @@ fn drain(nats: &NatsServer, kubeconfig: &Path, function: &str, limit: Duration) 
             coracle_tests::process::signal(pid, libc::SIGKILL);
             let _ = rx.recv_timeout(Duration::from_secs(10));
             bail!("coracle fn {function} --drain did not finish within {limit:?} and was killed")
-        }
-    }
-}
-
-/// Every message stored on a subject, in order.
-async fn messages(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let stream = js.get_stream(subjects::STREAM).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Vec::new();
-    loop {
-        let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_millis(300)).messages().await?;
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            out.push(m.map_err(|e| anyhow::anyhow!("{e}"))?.payload.to_vec());
-            got += 1;
-        }
-        if got == 0 {
-            return Ok(out);
         }
     }
 }

@@ -4,15 +4,15 @@
 //! the reason and parked on `coracle.dlq.plan-backup`.
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use coracle_events::{subjects, BackupPlanned, BackupRequest, CloudEvent, DeadLetter, PlannedVolume, VolumeSource};
 use coracle_functions::jobs::backup_job_name;
 use coracle_tests::binaries::{scratch_dir, workspace_bin};
+use coracle_tests::harness::messages;
 use coracle_tests::lambda::LambdaEmulator;
 use coracle_tests::nats::NatsServer;
 use coracle_tests::process;
 use coracle_tests::sim::SimServer;
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use serde_json::json;
 use std::path::Path;
@@ -82,30 +82,6 @@ fn spawn_lambda(emulator: &LambdaEmulator, nats: &NatsServer, kubeconfig: &Path,
         .spawn()
         .context("starting coracle fn plan-backup --lambda")?;
     Ok(Runner(child))
-}
-
-/// Every message stored on a subject, in order.
-async fn messages(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    let stream = js.get_stream(subjects::STREAM).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Vec::new();
-    loop {
-        let mut batch = consumer.fetch().max_messages(1000).expires(Duration::from_millis(300)).messages().await?;
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            out.push(m.map_err(|e| anyhow::anyhow!("{e}"))?.payload.to_vec());
-            got += 1;
-        }
-        if got == 0 {
-            return Ok(out);
-        }
-    }
 }
 
 fn dead_letters(raw: &[Vec<u8>]) -> anyhow::Result<Vec<DeadLetter>> {

@@ -17,20 +17,20 @@ pub enum NameKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {what} {value}: {reason}")]
 pub struct NameError {
-    pub what: &'static str,
+    pub what: String,
     /// The offending value, quoted and shortened so a hostile value cannot flood the message.
     pub value: String,
     pub reason: &'static str,
 }
 
 impl NameError {
-    pub(crate) fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
-        NameError { what, value: quote(value), reason }
+    pub(crate) fn new(what: &str, value: &str, reason: &'static str) -> Self {
+        NameError { what: what.to_string(), value: quote(value), reason }
     }
 }
 
 /// Debug-quotes a value (escaping control characters) and caps its length.
-pub(crate) fn quote(value: &str) -> String {
+pub fn quote(value: &str) -> String {
     const MAX: usize = 80;
     let mut short: String = value.chars().take(MAX).collect();
     if short.len() < value.len() {
@@ -60,8 +60,18 @@ fn check_label(value: &str, max: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// RFC 1123 label (namespaces, pod volume names, label-style names).
+pub fn is_dns1123_label(value: &str) -> bool {
+    check_label(value, 63).is_ok()
+}
+
+/// RFC 1123 subdomain (pods, PVCs, PVs, most object names).
+pub fn is_dns1123_subdomain(value: &str) -> bool {
+    validate_name("", value, NameKind::Subdomain).is_ok()
+}
+
 /// Checks `value` against a Kubernetes naming rule; `what` names it in the error.
-pub fn validate_name(what: &'static str, value: &str, kind: NameKind) -> Result<(), NameError> {
+pub fn validate_name(what: &str, value: &str, kind: NameKind) -> Result<(), NameError> {
     let result = match kind {
         NameKind::Label => check_label(value, 63),
         NameKind::Subdomain => {
@@ -77,7 +87,7 @@ pub fn validate_name(what: &'static str, value: &str, kind: NameKind) -> Result<
 
 /// Checks that `value` is a UUID in its canonical 8-4-4-4-12 hex form (what Kubernetes uses
 /// for `metadata.uid`).
-pub fn validate_uuid(what: &'static str, value: &str) -> Result<(), NameError> {
+pub fn validate_uuid(what: &str, value: &str) -> Result<(), NameError> {
     let bytes = value.as_bytes();
     let ok = bytes.len() == 36
         && bytes.iter().enumerate().all(|(i, &b)| match i {
