@@ -484,3 +484,14 @@ impl VolumeRestoreFailed {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ScheduleTick {}
 event_type!(ScheduleTick, "dev.coracle.schedule.tick.v1", subjects::SCHEDULE_TICK);
+
+/// `coracle.k8s.workload.updated`: a Deployment or StatefulSet was updated; `old` and `new` are the
+/// whole objects before and after (as a validating webhook sees them). Read by `on-k8s-event`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkloadUpdated {
+    /// Absent when the producer only saw the object after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    pub new: Value,
+}
+event_type!(WorkloadUpdated, "dev.coracle.k8s.workload.updated.v1", "coracle.k8s.workload.updated");

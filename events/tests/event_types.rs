@@ -11,7 +11,7 @@ use coracle_events::{
     BackupStats, CloudEvent, DeadLetter, DecodeError, EventData, PendingRestore, PlannedVolume, RestoreCompleted,
     RestoreOutcome, RestorePlanned, RestorePodReady, RestoreRef, RestoreRequest, RestoreStats, RestoreTarget,
     RestoreVolume, ScheduleTick, SkippedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeBackupProgress,
-    VolumeFailure, VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource,
+    VolumeFailure, VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource, WorkloadUpdated,
 };
 use serde_json::{json, Value};
 use std::fmt::Debug;
@@ -748,6 +748,16 @@ fn schedule_tick() {
     contract(ScheduleTick {}, "dev.coracle.schedule.tick.v1", subjects::SCHEDULE_TICK);
 }
 
+#[test]
+fn workload_updated() {
+    let template = |image: &str| json!({"spec": {"containers": [{"name": "web", "image": image}]}});
+    let data = WorkloadUpdated {
+        old: Some(json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"template": template("web:1")}})),
+        new: json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"template": template("web:2")}}),
+    };
+    contract(data, "dev.coracle.k8s.workload.updated.v1", "coracle.k8s.workload.updated");
+}
+
 /// Every `event_type!` in `src/types.rs` is covered by a `contract` test in this file: a new event
 /// type without a round-trip test fails here.
 #[test]
@@ -776,6 +786,7 @@ fn every_event_type_has_a_round_trip_test() {
         VolumeRestoreFailed::TYPE,
         RestoreCompleted::TYPE,
         ScheduleTick::TYPE,
+        WorkloadUpdated::TYPE,
     ];
     tested.sort_unstable();
     assert_eq!(declared, tested, "event types in src/types.rs vs. those with a contract test here");

@@ -23,3 +23,4 @@ pub mod serve;
 pub mod settings;
 pub mod snapshot;
 pub mod sweep;
+pub mod triggers;

@@ -268,7 +268,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Some(client) => coracle_functions::kube_cluster::settings(&client, &args.system_namespace).await?,
                 None => coracle_functions::settings::Settings::default(),
             };
-            let app = coracle_functions::serve::router(n.pending.clone(), (&settings).into());
+            let app = coracle_functions::serve::router(n.pending.clone(), (&settings).into())
+                .merge(coracle_functions::serve::workload_webhook(n.publisher.clone()));
             coracle_functions::serve::serve(&args.listen, &args.tls_cert, &args.tls_key, app).await?;
         }
         Command::Sweep { nats, system_namespace } => {

@@ -4,10 +4,12 @@
 
 use crate::admission::HelperSettings;
 use crate::handlers::admit::{self, PendingStore};
+use crate::triggers;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coracle_events::publish::Publisher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -119,6 +121,37 @@ pub fn router<S: PendingStore + Send + Sync + 'static>(pending: S, helper: Helpe
         .with_state(state)
 }
 
+/// `POST /validate/workloads`: the validating webhook for Deployment/StatefulSet UPDATE. It always
+/// allows; when the pod template changed it publishes `coracle.k8s.workload.updated` (waiting at most
+/// `PUBLISH_WAIT`, so a slow NATS never slows a deploy; a lost event is logged). Merge it into
+/// `router`'s routes: `router(..).merge(workload_webhook(publisher))`.
+pub fn workload_webhook(publisher: Publisher) -> Router {
+    Router::new()
+        .route(
+            "/validate/workloads",
+            post(|State(p): State<Arc<Publisher>>, body: Bytes| async move {
+                let review = triggers::review_workload(&body, chrono::Utc::now());
+                match (&review.updated, &review.skipped) {
+                    (Some(event), _) => match tokio::time::timeout(PUBLISH_WAIT, p.publish(event)).await {
+                        Ok(Ok(_)) => tracing::info!(id = %event.id, "published coracle.k8s.workload.updated"),
+                        Ok(Err(e)) => tracing::warn!(id = %event.id, "workload update not published: {e}"),
+                        Err(_) => {
+                            tracing::warn!(id = %event.id, "workload update not published within {PUBLISH_WAIT:?}")
+                        }
+                    },
+                    (None, why) => {
+                        tracing::debug!("workload review: nothing to publish: {}", why.as_deref().unwrap_or(""))
+                    }
+                }
+                Json(review.response)
+            }),
+        )
+        .with_state(Arc::new(publisher))
+}
+
+/// How long the workload webhook waits for NATS before answering anyway.
+const PUBLISH_WAIT: Duration = Duration::from_secs(3);
+
 /// Accepts TLS connections until the process ends.
 pub async fn serve(addr: &str, cert: &Path, key: &Path, app: Router) -> Result<(), ServeError> {
     let resolver = Arc::new(ReloadingCert::new(cert, key)?);
@@ -132,7 +165,7 @@ pub async fn serve(addr: &str, cert: &Path, key: &Path, app: Router) -> Result<(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| ServeError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
-    tracing::info!(%addr, "serving HTTPS: /admission/pods, /healthz");
+    tracing::info!(%addr, "serving HTTPS: /admission/pods, /validate/workloads, /healthz");
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,

@@ -2,6 +2,7 @@
 //! Every runner (once, NATS, Lambda) calls `Function::handle` the same way.
 
 pub mod admit;
+pub mod on_k8s_event;
 pub mod plan_backup;
 pub mod plan_restore;
 pub mod record_result;
@@ -21,6 +22,7 @@ pub enum Function {
     PlanRestore,
     StartRestore,
     ScheduleTick,
+    OnK8sEvent,
 }
 
 /// A stable uid for a request without one: the same event id always yields the same uid, so a
@@ -37,6 +39,7 @@ impl Function {
             Function::PlanRestore => "plan-restore",
             Function::StartRestore => "start-restore",
             Function::ScheduleTick => schedule_tick::NAME,
+            Function::OnK8sEvent => on_k8s_event::NAME,
         }
     }
 
@@ -53,6 +56,7 @@ impl Function {
             Function::PlanRestore => &[subjects::RESTORE_REQUESTED],
             Function::StartRestore => &[subjects::RESTORE_POD_READY],
             Function::ScheduleTick => &[subjects::SCHEDULE_TICK],
+            Function::OnK8sEvent => &[subjects::K8S_ALL],
         }
     }
 
@@ -63,6 +67,7 @@ impl Function {
             Function::PlanRestore => plan_restore::handle(ctx, payload).await,
             Function::StartRestore => start_restore::handle(ctx, payload).await,
             Function::ScheduleTick => schedule_tick::handle(ctx, payload).await,
+            Function::OnK8sEvent => on_k8s_event::handle(ctx, payload).await,
         }
     }
 }
