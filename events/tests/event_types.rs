@@ -112,7 +112,11 @@ fn assert_type_shape(ty: &str) {
     assert!(words.len() >= 3, "{ty}: needs a noun, a verb and a version");
     assert_eq!(words.last(), Some(&"v1"), "{ty}: version 1");
     for w in &words[..words.len() - 1] {
-        assert!(!w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()), "{ty}: word {w:?}");
+        let starts_with_letter = w.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+        assert!(
+            starts_with_letter && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+            "{ty}: word {w:?}"
+        );
     }
 }
 
