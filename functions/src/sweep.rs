@@ -36,12 +36,18 @@ pub fn backup_sweep(record: &BackupRecord, jobs: &[Job], pods: &[Pod]) -> Vec<Vo
             Some(outcome @ VolumeOutcome::Completed(_)) => out.push(outcome),
             Some(VolumeOutcome::Failed(f)) if f.is_final => out.push(VolumeOutcome::Failed(f)),
             _ => {
-                if let Some(reason) = job_gave_up(job, index) {
+                if let Some(mut reason) = job_gave_up(job, index) {
+                    if let Some(why) = index_pods.iter().rev().find_map(|p| pod_failure(p)) {
+                        reason = format!("{reason}; last pod: {why}");
+                    }
+                    // At least the retry limit: the Job's own non-final failures used lower
+                    // attempt numbers, so this final one can never share their event id.
+                    let limit = job.spec.as_ref().and_then(|s| s.backoff_limit_per_index).unwrap_or(0).max(0) as u32;
                     out.push(VolumeOutcome::Failed(VolumeBackupFailed {
                         backup: record.backup.clone(),
                         volume: volume.clone(),
                         reason,
-                        attempt: index_pods.len() as u32,
+                        attempt: (index_pods.len() as u32).max(limit),
                         is_final: true,
                     }));
                 }
@@ -74,6 +80,16 @@ fn pod_of(pod: &Pod, job: &str, index: usize) -> bool {
     of_job && idx == Some(index)
 }
 
+/// Why a pod failed, as the kubelet or the control plane recorded it (`NodeLost: …`).
+fn pod_failure(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let reason = status.reason.as_deref().filter(|r| !r.is_empty())?;
+    Some(match status.message.as_deref().filter(|m| !m.is_empty()) {
+        Some(message) => format!("{reason}: {message}"),
+        None => reason.to_string(),
+    })
+}
+
 fn termination_message(pod: &Pod) -> Option<String> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     statuses
@@ -101,7 +117,7 @@ fn job_gave_up(job: &Job, index: usize) -> Option<String> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let status = job.status.as_ref()?;
     if indexes(status.failed_indexes.as_deref().unwrap_or("")).contains(&index) {
-        return Some(format!("index {index} of Job {name} failed after its retries"));
+        return Some(format!("index {index} of Job {name} failed and will not be retried"));
     }
     let done = indexes(status.completed_indexes.as_deref().unwrap_or("")).contains(&index);
     // FailureTarget comes first and is final: since Kubernetes 1.31 a Job whose pods sit on an
