@@ -2,6 +2,7 @@
 //! adapters (Kubernetes, NATS, Lambda) that feed them and carry out their plans.
 
 pub mod admission;
+pub mod catalog;
 pub mod cli;
 pub mod context;
 pub use coracle_events::duration;

@@ -88,7 +88,12 @@ impl Harness {
 
     fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(workspace_bin("coracle")?);
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("PATH", tools_path());
+        // The master key, as a function's Deployment gets it from the Secret: plan-restore reads
+        // repositories when a backup's record is gone.
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", tools_path())
+            .env("CORACLE_MASTER_KEY", &self.master_key);
         Ok(cmd)
     }
 

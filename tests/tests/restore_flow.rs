@@ -33,8 +33,17 @@ async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyhow::Result<()> {
-    let h =
-        Harness::start("restore-flow", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
+    scenario("restore-flow", false).await
+}
+
+/// NATS lost the backup's record: plan-restore rebuilds it from the snapshots' tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_without_the_backup_record_reads_the_repository_tags() -> anyhow::Result<()> {
+    scenario("restore-tags", true).await
+}
+
+async fn scenario(name: &str, lose_record: bool) -> anyhow::Result<()> {
+    let h = Harness::start(name, include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     let web = h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     h.wait_running("shop", "db-0").await?;
@@ -83,6 +92,12 @@ async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyho
         std::fs::create_dir_all(dir)?;
     }
     assert!(tree_digest(&web_data)?.is_empty());
+
+    if lose_record {
+        let kv = h.js().await?.get_key_value(coracle_events::subjects::KV_BACKUPS).await?;
+        kv.purge("shop-backup").await?;
+        assert!(h.coracle(&["backup", "describe", "shop-backup", "--nats", &h.nats.url()]).is_err(), "record gone");
+    }
 
     // 3. Restore, then re-create the workloads' pods as their controllers would.
     // Only what is re-created below: a restore waits for the pods of every entry it plans.

@@ -3,16 +3,21 @@
 //! namespaceSelector needs, and `coracle.restore.planned`. Idempotent like plan-backup.
 
 use crate::admission::NAMESPACE_LABEL;
+use crate::catalog::record_from_snapshots;
 use crate::context::Context;
 use crate::handlers::event_uid;
 use crate::kube_cluster;
 use crate::kv_json::Created;
 use crate::plan_restore::{pending_key, plan_restore};
+use crate::record::BackupRecord;
 use crate::record::RecordPhase;
 use crate::restore_state::{PendingEntry, RestoreRecord};
 use chrono::Utc;
 use coracle_events::consume::HandleError;
 use coracle_events::{function_source, CloudEvent, RestorePlanned, RestoreRef, RestoreRequest, SkippedVolume};
+use coracle_volume_job::keys::MasterKey;
+use coracle_volume_job::restic::{Repository, Restic, SnapshotFilter};
+use coracle_volume_job::tags;
 use std::collections::BTreeSet;
 
 pub const NAME: &str = "plan-restore";
@@ -37,11 +42,9 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
         }
         return finish(ctx, &existing, &request).await;
     }
-    let Some((backup, _)) = nats.records.get(&request.backup).await? else {
-        return Err(HandleError::permanent(format!(
-            "backup {} not found (rebuild the catalog if NATS state was lost)",
-            request.backup
-        )));
+    let backup = match nats.records.get(&request.backup).await? {
+        Some((record, _)) => record,
+        None => record_from_repositories(ctx, &request).await?,
     };
     let plan = plan_restore(&request, &uid, &backup).map_err(HandleError::permanent)?;
     let mut record = RestoreRecord {
@@ -93,6 +96,44 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
         Created::Exists(existing) => *existing,
     };
     finish(ctx, &record, &request).await
+}
+
+/// The backup's record from its snapshots' tags, when NATS lost it: the repositories of the
+/// namespaces the request names are searched (there is no record to say which hold the backup).
+async fn record_from_repositories(ctx: &Context, request: &RestoreRequest) -> Result<BackupRecord, HandleError> {
+    let not_found = |why: &str| HandleError::permanent(format!("backup {} not found: {why}", request.backup));
+    let mut namespaces: BTreeSet<&str> =
+        request.included_namespaces.iter().map(String::as_str).filter(|n| *n != "*").collect();
+    namespaces.extend(request.namespace_mapping.keys().map(String::as_str));
+    if namespaces.is_empty() {
+        return Err(not_found("no record in NATS; name includedNamespaces so their repositories can be searched"));
+    }
+    let master =
+        master_key().map_err(|e| not_found(&format!("no record in NATS, and the repositories cannot be read: {e}")))?;
+    let settings = kube_cluster::settings(ctx.kube()?, &ctx.system_namespace).await?;
+    let restic_program = std::env::var("CORACLE_RESTIC").unwrap_or_else(|_| "restic".into());
+    let mut snapshots = Vec::new();
+    for ns in namespaces {
+        let repository = Repository::for_namespace(&settings.repository_prefix, ns).map_err(HandleError::permanent)?;
+        let restic = Restic::new(&restic_program, repository, master.namespace_password(ns, 1));
+        let filter = SnapshotFilter::new().tag(tags::BACKUP, &request.backup).map_err(HandleError::permanent)?;
+        match restic.snapshots(&filter).await {
+            Ok(found) => snapshots.extend(found),
+            // A namespace without a repository holds nothing of this backup.
+            Err(e) => tracing::info!(namespace = ns, error = %e, "no snapshots read"),
+        }
+    }
+    record_from_snapshots(&request.backup, &snapshots)
+        .ok_or_else(|| not_found("neither NATS nor the named namespaces' repositories know it"))
+}
+
+/// The installation master key, from `CORACLE_MASTER_KEY` or the file `CORACLE_MASTER_KEY_FILE`.
+fn master_key() -> Result<MasterKey, String> {
+    if let Ok(path) = std::env::var("CORACLE_MASTER_KEY_FILE") {
+        return MasterKey::from_file(std::path::Path::new(&path)).map_err(|e| e.to_string());
+    }
+    let raw = std::env::var("CORACLE_MASTER_KEY").map_err(|_| "CORACLE_MASTER_KEY is not set".to_string())?;
+    MasterKey::new(raw.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// Labels the target namespaces, announces the plan, and completes an empty restore.
