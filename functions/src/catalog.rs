@@ -66,23 +66,15 @@ pub fn record_from_snapshots(name: &str, snapshots: &[Snapshot]) -> Option<Backu
 mod tests {
     use super::*;
 
-    fn snapshot(
-        id: &str,
-        backup: &str,
-        uid: &str,
-        ns: &str,
-        pod: &str,
-        volume: &str,
-        pvc: Option<&str>,
-        identity: &str,
-    ) -> Snapshot {
+    /// `backup` is (name, uid), `at` is (namespace, pod, volume).
+    fn snapshot(id: &str, backup: (&str, &str), at: (&str, &str, &str), pvc: Option<&str>, identity: &str) -> Snapshot {
         let mut tags = vec![
-            format!("backup={backup}"),
-            format!("backup-uid={uid}"),
-            format!("namespace={ns}"),
-            format!("pod={pod}"),
+            format!("backup={}", backup.0),
+            format!("backup-uid={}", backup.1),
+            format!("namespace={}", at.0),
+            format!("pod={}", at.1),
             "pod-uid=0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11".to_string(),
-            format!("volume={volume}"),
+            format!("volume={}", at.2),
             format!("identity={identity}"),
         ];
         if let Some(c) = pvc {
@@ -96,9 +88,9 @@ mod tests {
     #[test]
     fn rebuilds_volumes_from_tags_and_ignores_other_backups() {
         let snaps = [
-            snapshot("a1", "nightly", "u1", "shop", "db-0", "data", Some("data-db-0"), "pvc/c1"),
-            snapshot("a2", "nightly", "u1", "shop", "web-x", "cache", None, "deployment/web/cache"),
-            snapshot("b1", "weekly", "u2", "shop", "db-0", "data", Some("data-db-0"), "pvc/c1"),
+            snapshot("a1", ("nightly", "u1"), ("shop", "db-0", "data"), Some("data-db-0"), "pvc/c1"),
+            snapshot("a2", ("nightly", "u1"), ("shop", "web-x", "cache"), None, "deployment/web/cache"),
+            snapshot("b1", ("weekly", "u2"), ("shop", "db-0", "data"), Some("data-db-0"), "pvc/c1"),
         ];
         let r = record_from_snapshots("nightly", &snaps).expect("record");
         assert_eq!(r.backup, BackupRef { name: "nightly".into(), uid: "u1".into() });
