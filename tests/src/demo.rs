@@ -7,11 +7,13 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use coracle_events::{
-    subjects, BackupCompleted, BackupPhase, BackupRequest, CloudEvent, RestoreCompleted, RestorePlanned, RestoreRequest,
+    subjects, BackupCompleted, BackupPhase, CloudEvent, RestoreCompleted, RestorePlanned, RestoreRequest,
 };
 use coracle_tests::harness::{tree_digest, write_file, Harness};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+
+use chrono::Timelike;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,7 +82,8 @@ fn describe_event(subject: &str, payload: &[u8]) -> String {
     let d = &ev.data;
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
     let detail = match subject {
-        subjects::BACKUP_REQUESTED => format!("backup {}", s(&d["name"])),
+        subjects::BACKUP_REQUESTED => format!("backup {} ({})", s(&d["name"]), s(&d["origin"])),
+        subjects::SCHEDULE_TICK => format!("tick for {}", ev.time.map(|t| t.to_rfc3339()).unwrap_or_default()),
         subjects::BACKUP_PLANNED => format!(
             "{} volumes on {} Job(s), {} skipped",
             d["volumes"].as_array().map_or(0, Vec::len),
@@ -154,7 +157,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
 
     // Functions as long-running consumers, as KEDA would keep them while messages flow.
-    let functions = ["plan-backup", "record-result", "plan-restore", "start-restore"]
+    let functions = ["schedule-tick", "plan-backup", "record-result", "plan-restore", "start-restore"]
         .iter()
         .map(|f| h.spawn_function(f))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -175,12 +178,17 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
     let client = async_nats::connect(h.nats.url()).await?;
     let mut events = client.subscribe("coracle.>").await?;
     let started = std::time::Instant::now();
-    let name = format!("demo-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-
-    // The simulated cluster runs every Job the functions create, as a real cluster would.
-    println!("\n== Publishing coracle.backup.requested for {name}\n");
-    let request = BackupRequest { name: name.clone(), origin: Some("coracle-demo".into()), ..Default::default() };
-    h.request(request, &name).await?;
+    // The schedule `demo-every-minute` fires at the next minute boundary: a tick for that minute,
+    // as the every-minute CronJob publishes it, makes schedule-tick request exactly one backup.
+    let now = chrono::Utc::now();
+    let fire = now + chrono::Duration::seconds(60 - i64::from(now.second()));
+    let fire = fire.with_nanosecond(0).unwrap_or(fire);
+    let name = format!("demo-every-minute-{}", fire.format("%Y%m%d%H%M%S"));
+    println!(
+        "\n== Publishing the schedule tick for {} (schedule demo-every-minute, \"* * * * *\")\n",
+        fire.to_rfc3339()
+    );
+    h.coracle(&["schedule", "tick", "--nats", &h.nats.url(), "--time", &fire.to_rfc3339()])?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let completed: BackupCompleted =
