@@ -8,6 +8,7 @@ pub mod duration;
 pub mod envelope;
 pub mod names;
 pub mod publish;
+pub mod redact;
 pub mod subjects;
 pub mod types;
 

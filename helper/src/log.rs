@@ -34,24 +34,7 @@ pub fn error(message: &str) {
 }
 
 /// Masks URL credentials (`nats://user:pass@host` → `nats://***@host`) in text that is logged.
-pub fn redact_url_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail.find(|c: char| c == '/' || c.is_whitespace() || c == '"').unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                rest = &tail[at..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
+pub use coracle_events::redact::redact_url_credentials;
 
 #[cfg(test)]
 mod tests {

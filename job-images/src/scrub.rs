@@ -53,26 +53,8 @@ impl Scrubber {
     }
 }
 
-/// Replaces the user-info of URLs (`scheme://user:pass@host`) with `***`, so repository
-/// strings such as `rest:https://user:pass@host/` can be logged.
-pub fn redact_url_credentials(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let authority_end = tail.find(|c: char| c == '/' || c.is_whitespace() || c == '"').unwrap_or(tail.len());
-        match tail[..authority_end].rfind('@') {
-            Some(at) => {
-                out.push_str("***");
-                rest = &tail[at..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
+/// Replaces the user-info of URLs (`scheme://user:pass@host`) with `***`.
+pub use coracle_events::redact::redact_url_credentials;
 
 #[cfg(test)]
 mod tests {
