@@ -16,35 +16,9 @@ const POD_UID_2: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
 const PVC_UID: &str = "7d9e0c52-1111-2222-3333-444455556666";
 const BACKUP_UID: &str = "b0a5e7d2-0000-4111-8222-333344445555";
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    restic: PathBuf,
-}
-
-struct Run {
-    code: i32,
-    outcome: VolumeOutcome,
-    stdout: String,
-    stderr: String,
-    termination: String,
-}
+type Run = common::Run<VolumeOutcome>;
 
 impl Fixture {
-    fn new(restic: &Path) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        Fixture { _tmp: tmp, root, restic: restic.to_path_buf() }
-    }
-
-    fn pods(&self) -> PathBuf {
-        self.root.join("pods")
-    }
-
-    fn repo(&self, namespace: &str) -> PathBuf {
-        self.root.join("repos").join(namespace)
-    }
-
     /// `<pods>/<uid>/volumes/kubernetes.io~csi/pv-1/mount` with files.
     fn csi_volume(&self, pod_uid: &str) -> PathBuf {
         let mount = self.pods().join(pod_uid).join("volumes/kubernetes.io~csi/pv-1/mount");
@@ -72,48 +46,21 @@ impl Fixture {
     fn run(&self, volumes: &[PlannedVolume], index: usize, extra: &[(&str, &str)]) -> Run {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let termination = self.root.join(format!("termination-log-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coracle-volume-job"));
-        cmd.arg("backup")
-            .env_clear()
-            .env("PATH", path_env())
-            .env("JOB_COMPLETION_INDEX", index.to_string())
+        let mut cmd = self.job("backup", "coracle-backup-abc-node-1", MASTER_KEY, &termination);
+        cmd.env("JOB_COMPLETION_INDEX", index.to_string())
             .env("CORACLE_VOLUMES", serde_json::to_string(volumes).unwrap())
             .env("CORACLE_BACKUP_NAME", "nightly-20250101000000")
             .env("CORACLE_BACKUP_UID", BACKUP_UID)
-            .env("CORACLE_JOB_NAME", "coracle-backup-abc-node-1")
             .env("CORACLE_PODS_ROOT", self.pods())
-            .env("CORACLE_REPOSITORY_PREFIX", self.root.join("repos"))
-            .env("CORACLE_MASTER_KEY", MASTER_KEY)
-            .env("CORACLE_ATTEMPT", "")
-            .env("CORACLE_TERMINATION_LOG", &termination)
-            .env("CORACLE_RESTIC", &self.restic)
-            .env("RESTIC_CACHE_DIR", self.root.join("cache"))
-            .env("CORACLE_LOG", "debug");
+            .env("CORACLE_ATTEMPT", "");
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            termination: std::fs::read_to_string(&termination).unwrap_or_default(),
-            outcome: serde_json::from_str(&std::fs::read_to_string(&termination).unwrap_or_else(|e| {
-                panic!("no termination message ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr))
-            }))
-            .unwrap(),
-        };
-        run.assert_no_secrets();
-        run
+        run_job(&mut cmd, &termination, MASTER_KEY)
     }
 }
 
 impl Run {
-    fn assert_no_secrets(&self) {
-        let texts = [("stdout", self.stdout.as_str()), ("stderr", &self.stderr), ("termination", &self.termination)];
-        assert_no_secrets(MASTER_KEY, &["shop"], &texts);
-    }
-
     fn completed(&self) -> &coracle_events::VolumeBackupCompleted {
         match &self.outcome {
             VolumeOutcome::Completed(c) => c,

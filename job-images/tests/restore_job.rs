@@ -8,7 +8,7 @@ use common::*;
 use coracle_events::{PlannedVolume, RestoreOutcome, RestoreVolume, VolumeOutcome, VolumeSource};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -21,39 +21,9 @@ const BACKUP_UID: &str = "b0a5e7d2-0000-4111-8222-333344445555";
 const RESTORE_UID: &str = "5b2e7c1a-0000-4000-8000-000000000001";
 const JOB: &str = "coracle-restore-5b2e7c1a-db-0";
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    restic: PathBuf,
-}
-
-struct Run {
-    code: i32,
-    outcome: RestoreOutcome,
-    stdout: String,
-    stderr: String,
-    termination: String,
-}
+type Run = common::Run<RestoreOutcome>;
 
 impl Fixture {
-    fn new(restic: &Path) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        Fixture { _tmp: tmp, root, restic: restic.to_path_buf() }
-    }
-
-    fn pods(&self) -> PathBuf {
-        self.root.join("pods")
-    }
-
-    fn pod_dir(&self, pod_uid: &str) -> PathBuf {
-        self.pods().join(pod_uid)
-    }
-
-    fn csi_mount(&self, pod_uid: &str, pv: &str) -> PathBuf {
-        self.pod_dir(pod_uid).join("volumes/kubernetes.io~csi").join(pv).join("mount")
-    }
-
     /// Backs up pod A's CSI volume `pv-1` with the backup subcommand; returns the snapshot id.
     fn backup(&self) -> String {
         let volume = PlannedVolume {
@@ -71,7 +41,7 @@ impl Fixture {
         };
         let termination = self.root.join("termination-backup");
         let out = self
-            .job("backup", &termination)
+            .job("backup", JOB, MASTER_KEY, &termination)
             .env("CORACLE_VOLUMES", serde_json::to_string(&[volume]).unwrap())
             .env("CORACLE_BACKUP_NAME", "nightly")
             .env("CORACLE_BACKUP_UID", BACKUP_UID)
@@ -86,26 +56,10 @@ impl Fixture {
     }
 
     /// The job binary with the settings every run shares.
-    fn job(&self, subcommand: &str, termination: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coracle-volume-job"));
-        cmd.arg(subcommand)
-            .env_clear()
-            .env("PATH", path_env())
-            .env("JOB_COMPLETION_INDEX", "0")
-            .env("CORACLE_JOB_NAME", JOB)
-            .env("CORACLE_REPOSITORY_PREFIX", self.root.join("repos"))
-            .env("CORACLE_MASTER_KEY", MASTER_KEY)
-            .env("CORACLE_TERMINATION_LOG", termination)
-            .env("CORACLE_RESTIC", &self.restic)
-            .env("RESTIC_CACHE_DIR", self.root.join("cache"))
-            .env("CORACLE_LOG", "debug");
-        cmd
-    }
-
     fn restore(&self, volumes: &[RestoreVolume], pod_uid: &str, extra: &[(&str, &str)]) -> Run {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let termination = self.root.join(format!("termination-restore-{}", RUNS.fetch_add(1, Ordering::Relaxed)));
-        let mut cmd = self.job("restore", &termination);
+        let mut cmd = self.job("restore", JOB, MASTER_KEY, &termination);
         cmd.env("CORACLE_RESTORE_NAME", "restore-1")
             .env("CORACLE_RESTORE_UID", RESTORE_UID)
             .env("CORACLE_RESTORE_VOLUMES", serde_json::to_string(volumes).unwrap())
@@ -113,19 +67,7 @@ impl Fixture {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let termination = std::fs::read_to_string(&termination)
-            .unwrap_or_else(|e| panic!("no termination message ({e}); stderr:\n{stderr}"));
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            outcome: serde_json::from_str(&termination).unwrap(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr,
-            termination,
-        };
-        let texts = [("stdout", run.stdout.as_str()), ("stderr", &run.stderr), ("termination", &run.termination)];
-        assert_no_secrets(MASTER_KEY, &["shop"], &texts);
+        let run: Run = run_job(&mut cmd, &termination, MASTER_KEY);
         assert_eq!(serde_json::from_str::<RestoreOutcome>(run.stdout.trim()).unwrap(), run.outcome);
         run
     }
@@ -582,7 +524,7 @@ fn sigterm_still_writes_a_failed_outcome_and_marker() {
     let termination = f.root.join("termination-sigterm");
     let f = Fixture { restic: slow, ..f };
     let mut child = f
-        .job("restore", &termination)
+        .job("restore", JOB, MASTER_KEY, &termination)
         .env("CORACLE_RESTORE_UID", RESTORE_UID)
         .env("CORACLE_RESTORE_VOLUMES", serde_json::to_string(&[volume]).unwrap())
         .env("CORACLE_POD_DIR", f.pod_dir(POD_B))

@@ -9,6 +9,83 @@ use std::process::Command;
 
 pub const PASSWORD: &str = "test-password-0123456789";
 
+/// A temporary root holding a fake kubelet pods tree (`pods/`), the repositories (`repos/`) and
+/// restic's cache.
+pub struct Fixture {
+    pub _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub restic: PathBuf,
+}
+
+impl Fixture {
+    pub fn new(restic: &Path) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        Fixture { _tmp: tmp, root, restic: restic.to_path_buf() }
+    }
+
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
+    pub fn repo(&self, namespace: &str) -> PathBuf {
+        self.root.join("repos").join(namespace)
+    }
+
+    pub fn pod_dir(&self, pod_uid: &str) -> PathBuf {
+        self.pods().join(pod_uid)
+    }
+
+    pub fn csi_mount(&self, pod_uid: &str, pv: &str) -> PathBuf {
+        self.pod_dir(pod_uid).join("volumes/kubernetes.io~csi").join(pv).join("mount")
+    }
+
+    /// The job binary with the environment every Job index gets; callers add the rest.
+    pub fn job(&self, subcommand: &str, job_name: &str, master_key: &str, termination: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coracle-volume-job"));
+        cmd.arg(subcommand)
+            .env_clear()
+            .env("PATH", path_env())
+            .env("JOB_COMPLETION_INDEX", "0")
+            .env("CORACLE_JOB_NAME", job_name)
+            .env("CORACLE_REPOSITORY_PREFIX", self.root.join("repos"))
+            .env("CORACLE_MASTER_KEY", master_key)
+            .env("CORACLE_TERMINATION_LOG", termination)
+            .env("CORACLE_RESTIC", &self.restic)
+            .env("RESTIC_CACHE_DIR", self.root.join("cache"))
+            .env("CORACLE_LOG", "debug");
+        cmd
+    }
+}
+
+/// One run of the job binary: its exit code, output and parsed termination message.
+pub struct Run<O> {
+    pub code: i32,
+    pub outcome: O,
+    pub stdout: String,
+    pub stderr: String,
+    pub termination: String,
+}
+
+/// Runs a job command, reads its termination message, and checks that no secret leaked into
+/// anything it wrote.
+pub fn run_job<O: serde::de::DeserializeOwned>(cmd: &mut Command, termination: &Path, master_key: &str) -> Run<O> {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let message = std::fs::read_to_string(termination)
+        .unwrap_or_else(|e| panic!("no termination message ({e}); stderr:\n{stderr}"));
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        outcome: serde_json::from_str(&message).unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+        termination: message,
+    };
+    let texts = [("stdout", run.stdout.as_str()), ("stderr", &run.stderr), ("termination", &run.termination)];
+    assert_no_secrets(master_key, &["shop"], &texts);
+    run
+}
+
 pub fn tools_bin() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin")
 }
