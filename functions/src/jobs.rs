@@ -327,22 +327,9 @@ fn env_value(name: &str, value: &str) -> EnvVar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coracle_events::VolumeSource;
 
     fn volume(pod: &str, node: &str) -> PlannedVolume {
-        PlannedVolume {
-            namespace: "shop".into(),
-            pod: pod.into(),
-            pod_uid: "0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11".into(),
-            volume: "data".into(),
-            node: node.into(),
-            source: VolumeSource::EmptyDir,
-            pvc: None,
-            pvc_uid: None,
-            pv: None,
-            dir: "data".into(),
-            identity: format!("pod/{pod}/data"),
-        }
+        crate::test_support::empty_dir("shop", pod, node)
     }
 
     fn backup() -> BackupRef {

@@ -24,4 +24,6 @@ pub mod serve;
 pub mod settings;
 pub mod snapshot;
 pub mod sweep;
+#[cfg(test)]
+mod test_support;
 pub mod triggers;

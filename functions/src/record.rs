@@ -205,22 +205,9 @@ impl BackupRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coracle_events::VolumeSource;
 
     fn vol(pod: &str) -> PlannedVolume {
-        PlannedVolume {
-            namespace: "ns".into(),
-            pod: pod.into(),
-            pod_uid: "0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11".into(),
-            volume: "data".into(),
-            node: "n1".into(),
-            source: VolumeSource::EmptyDir,
-            pvc: None,
-            pvc_uid: None,
-            pv: None,
-            dir: "data".into(),
-            identity: format!("pod/{pod}/data"),
-        }
+        crate::test_support::empty_dir("ns", pod, "n1")
     }
 
     fn record(pods: &[&str]) -> BackupRecord {

@@ -163,24 +163,12 @@ mod tests {
     use crate::jobs::backup_jobs;
     use crate::settings::Settings;
     use chrono::Utc;
-    use coracle_events::{BackupPlanned, BackupRef, BackupRequest, BackupStats, VolumeBackupCompleted, VolumeSource};
+    use coracle_events::{BackupPlanned, BackupRef, BackupRequest, BackupStats, VolumeBackupCompleted};
     use serde_json::json;
     use std::time::Duration;
 
     fn vol(pod: &str) -> PlannedVolume {
-        PlannedVolume {
-            namespace: "ns".into(),
-            pod: pod.into(),
-            pod_uid: "0b9f3b36-1b8e-4f1a-9a43-5a0c0f9a2a11".into(),
-            volume: "data".into(),
-            node: "n1".into(),
-            source: VolumeSource::EmptyDir,
-            pvc: None,
-            pvc_uid: None,
-            pv: None,
-            dir: "data".into(),
-            identity: format!("pod/{pod}/data"),
-        }
+        crate::test_support::empty_dir("ns", pod, "n1")
     }
 
     fn setup() -> (BackupRecord, Job) {
