@@ -16,6 +16,8 @@ pub const VOLUME_RESTORE_COMPLETED: &str = "coracle.volume.restore.completed";
 pub const VOLUME_RESTORE_FAILED: &str = "coracle.volume.restore.failed";
 pub const RESTORE_COMPLETED: &str = "coracle.restore.completed";
 pub const SCHEDULE_TICK: &str = "coracle.schedule.tick";
+pub const BACKUP_DELETED: &str = "coracle.backup.deleted";
+pub const MAINTENANCE_COMPLETED: &str = "coracle.maintenance.completed";
 pub const K8S_ALL: &str = "coracle.k8s.>";
 pub const DLQ_PREFIX: &str = "coracle.dlq";
 

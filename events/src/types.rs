@@ -495,3 +495,46 @@ pub struct WorkloadUpdated {
     pub new: Value,
 }
 event_type!(WorkloadUpdated, "dev.coracle.k8s.workload.updated.v1", "coracle.k8s.workload.updated");
+
+/// `coracle.backup.deleted`: a backup's snapshots were forgotten in every repository that held
+/// them (TTL expiry or `coracle backup delete`); its record is marked deleted. Data other backups
+/// still reference stays until restic's `prune` finds it unreferenced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDeleted {
+    pub backup: BackupRef,
+    /// `expired` (TTL) or `requested` (`coracle backup delete`).
+    pub reason: String,
+    /// The namespaces whose repositories no longer hold its snapshots.
+    pub namespaces: Vec<String>,
+    pub deleted: DateTime<Utc>,
+}
+event_type!(BackupDeleted, "dev.coracle.backup.deleted.v1", subjects::BACKUP_DELETED);
+
+/// `coracle.maintenance.completed`: what one repository-maintenance Job did to one namespace's
+/// repository. `failure` is set when a task failed (the tasks before it stay done).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceCompleted {
+    pub namespace: String,
+    pub job: String,
+    /// Backups whose snapshots `restic forget` removed (or found already gone).
+    #[serde(default)]
+    pub forgotten: Vec<BackupRef>,
+    /// Snapshots removed by those forgets.
+    #[serde(default)]
+    pub snapshots_removed: u32,
+    #[serde(default)]
+    pub pruned: bool,
+    /// `Some(true)` when `restic check` passed, `Some(false)` when it found errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_passed: Option<bool>,
+    /// Locks left by Job pods that are gone, removed before the tasks ran.
+    #[serde(default)]
+    pub stale_locks_removed: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+}
+event_type!(MaintenanceCompleted, "dev.coracle.maintenance.completed.v1", subjects::MAINTENANCE_COMPLETED);

@@ -7,11 +7,12 @@ use base64::Engine;
 use chrono::{TimeZone, Utc};
 use coracle_events::envelope::decode;
 use coracle_events::{
-    function_source, job_source, subjects, BackupCompleted, BackupPhase, BackupPlanned, BackupRef, BackupRequest,
-    BackupStats, CloudEvent, DeadLetter, DecodeError, EventData, PendingRestore, PlannedVolume, RestoreCompleted,
-    RestoreOutcome, RestorePlanned, RestorePodReady, RestoreRef, RestoreRequest, RestoreStats, RestoreTarget,
-    RestoreVolume, ScheduleTick, SkippedVolume, VolumeBackupCompleted, VolumeBackupFailed, VolumeBackupProgress,
-    VolumeFailure, VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource, WorkloadUpdated,
+    function_source, job_source, subjects, BackupCompleted, BackupDeleted, BackupPhase, BackupPlanned, BackupRef,
+    BackupRequest, BackupStats, CloudEvent, DeadLetter, DecodeError, EventData, MaintenanceCompleted, PendingRestore,
+    PlannedVolume, RestoreCompleted, RestoreOutcome, RestorePlanned, RestorePodReady, RestoreRef, RestoreRequest,
+    RestoreStats, RestoreTarget, RestoreVolume, ScheduleTick, SkippedVolume, VolumeBackupCompleted, VolumeBackupFailed,
+    VolumeBackupProgress, VolumeFailure, VolumeOutcome, VolumeRestoreCompleted, VolumeRestoreFailed, VolumeSource,
+    WorkloadUpdated,
 };
 use serde_json::{json, Value};
 use std::fmt::Debug;
@@ -762,6 +763,40 @@ fn workload_updated() {
     contract(data, "dev.coracle.k8s.workload.updated.v1", "coracle.k8s.workload.updated");
 }
 
+#[test]
+fn backup_deleted() {
+    let data = BackupDeleted {
+        backup: backup(),
+        reason: "expired".into(),
+        namespaces: vec!["media".into(), "shop".into()],
+        deleted: Utc.with_ymd_and_hms(2025, 4, 13, 2, 1, 0).single().expect("date"),
+    };
+    contract(data, "dev.coracle.backup.deleted.v1", subjects::BACKUP_DELETED);
+}
+
+#[test]
+fn maintenance_completed() {
+    let data = MaintenanceCompleted {
+        namespace: "shop".into(),
+        job: "coracle-maintain-0123456789abcdef0123".into(),
+        forgotten: vec![backup()],
+        snapshots_removed: 2,
+        pruned: true,
+        check_passed: Some(true),
+        stale_locks_removed: 1,
+        failure: None,
+        started: Utc.with_ymd_and_hms(2025, 4, 13, 2, 0, 0).single().expect("date"),
+        finished: Utc.with_ymd_and_hms(2025, 4, 13, 2, 1, 0).single().expect("date"),
+    };
+    contract(data.clone(), "dev.coracle.maintenance.completed.v1", subjects::MAINTENANCE_COMPLETED);
+    // Optional fields are optional on the wire: an older producer's minimal event decodes.
+    let minimal: MaintenanceCompleted = serde_json::from_value(json!({
+        "namespace": "shop", "job": "j", "started": "2025-04-13T02:00:00Z", "finished": "2025-04-13T02:01:00Z"
+    }))
+    .expect("minimal");
+    assert_eq!((minimal.pruned, minimal.check_passed, minimal.forgotten.len()), (false, None, 0));
+}
+
 /// Every `event_type!` in `src/types.rs` is covered by a `contract` test in this file: a new event
 /// type without a round-trip test fails here.
 #[test]
@@ -791,6 +826,8 @@ fn every_event_type_has_a_round_trip_test() {
         RestoreCompleted::TYPE,
         ScheduleTick::TYPE,
         WorkloadUpdated::TYPE,
+        BackupDeleted::TYPE,
+        MaintenanceCompleted::TYPE,
     ];
     tested.sort_unstable();
     assert_eq!(declared, tested, "event types in src/types.rs vs. those with a contract test here");

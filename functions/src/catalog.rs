@@ -59,6 +59,7 @@ pub fn record_from_snapshots(name: &str, snapshots: &[Snapshot]) -> Option<Backu
         volumes,
         skipped: Vec::new(),
         completion_published: true,
+        deletion: None,
     })
 }
 

@@ -177,28 +177,15 @@ fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
             }),
             ..Default::default()
         },
-        EnvVar {
-            name: "CORACLE_MASTER_KEY".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: s.master_key_secret.clone(),
-                    key: "key".into(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        master_key_env(s),
     ]);
     if !s.nats_url.is_empty() {
         env.push(env_value("CORACLE_NATS_URL", &s.nats_url));
     }
-    let env_from = (!s.repository_credentials_secret.is_empty()).then(|| {
-        vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: s.repository_credentials_secret.clone(), optional: Some(true) }),
-            ..Default::default()
-        }]
-    });
+    if !s.key_generations.is_empty() {
+        env.push(env_value("CORACLE_KEY_GENERATIONS", &s.key_generations));
+    }
+    let env_from = credentials_env_from(s);
     let quantity = |q: &str| Quantity(q.to_string());
     let container = Container {
         name: shape.operation.into(),
@@ -320,6 +307,165 @@ fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
     }
 }
 
+/// The master key, by reference to its Secret: never a value in the spec.
+fn master_key_env(s: &Settings) -> EnvVar {
+    EnvVar {
+        name: "CORACLE_MASTER_KEY".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: s.master_key_secret.clone(),
+                key: "key".into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The repository backend's credentials (S3, Azure, GCS…) as restic's environment.
+fn credentials_env_from(s: &Settings) -> Option<Vec<EnvFromSource>> {
+    (!s.repository_credentials_secret.is_empty()).then(|| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: s.repository_credentials_secret.clone(), optional: Some(true) }),
+            ..Default::default()
+        }]
+    })
+}
+
+pub const LABEL_REPOSITORY: &str = "coracle.dev/repository";
+/// The `coracle.dev/operation` of repository-maintenance Jobs.
+pub const OPERATION_MAINTAIN: &str = "maintain";
+
+/// What one repository-maintenance Job is asked to do (see `crate::retention`).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct MaintenanceTasks {
+    pub namespace: String,
+    pub forget: Vec<BackupRef>,
+    pub prune: bool,
+    pub check: bool,
+}
+
+/// Deterministic Job name for one set of tasks on one repository: the same tasks claimed twice
+/// map to the same Job (AlreadyExists is success). `claim` tells periodic runs apart.
+pub fn maintenance_job_name(tasks: &MaintenanceTasks, claim: &str) -> String {
+    let mut uids: Vec<&str> = tasks.forget.iter().map(|b| b.uid.as_str()).collect();
+    uids.sort_unstable();
+    let key = format!("maintain/{}/{}/{}/{}/{claim}", tasks.namespace, uids.join(","), tasks.prune, tasks.check);
+    format!("coracle-maintain-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..20])
+}
+
+/// The Job maintaining one namespace's repository: no node affinity and no host mount, only the
+/// repository. `live_hosts` are the hostnames of Coracle's Job pods alive at `listed_at`, so the
+/// Job can tell a dead pod's lock from a live one.
+pub fn maintenance_job(
+    tasks: &MaintenanceTasks,
+    name: &str,
+    live_hosts: &[String],
+    listed_at: chrono::DateTime<chrono::Utc>,
+    s: &Settings,
+) -> Job {
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), "coracle".to_string()),
+        (LABEL_OPERATION.to_string(), OPERATION_MAINTAIN.to_string()),
+        (LABEL_REPOSITORY.to_string(), tasks.namespace.clone()),
+    ]);
+    let mut env = vec![
+        env_value("CORACLE_JOB_NAME", name),
+        env_value("CORACLE_MAINTENANCE_NAMESPACE", &tasks.namespace),
+        env_value("CORACLE_FORGET", &serde_json::to_string(&tasks.forget).unwrap_or_else(|_| "[]".into())),
+        env_value("CORACLE_PRUNE", &tasks.prune.to_string()),
+        env_value("CORACLE_CHECK", &tasks.check.to_string()),
+        env_value("CORACLE_CHECK_READ_DATA_SUBSET", &s.check_read_data_subset),
+        env_value("CORACLE_LIVE_HOSTS", &live_hosts.join(",")),
+        env_value("CORACLE_LIVE_HOSTS_AT", &listed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        env_value("CORACLE_REPOSITORY_PREFIX", &s.repository_prefix),
+        env_value("CORACLE_KEY_GENERATION", &s.key_generation(&tasks.namespace).to_string()),
+        env_value("RESTIC_CACHE_DIR", "/cache"),
+        master_key_env(s),
+    ];
+    if !s.nats_url.is_empty() {
+        env.push(env_value("CORACLE_NATS_URL", &s.nats_url));
+    }
+    let quantity = |q: &str| Quantity(q.to_string());
+    let container = Container {
+        name: OPERATION_MAINTAIN.into(),
+        image: Some(s.job_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec!["coracle-volume-job".into(), OPERATION_MAINTAIN.into()]),
+        env: Some(env),
+        env_from: credentials_env_from(s),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_request)),
+                ("memory".to_string(), quantity(&s.job_memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_limit)),
+                ("memory".to_string(), quantity(&s.job_memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        // Nothing of the node is read: no capabilities at all.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "cache".into(), mount_path: "/cache".into(), ..Default::default() },
+            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+        ]),
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let pod_spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(s.service_account.clone()),
+        automount_service_account_token: Some(false),
+        security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume { name: "cache".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+            Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(s.system_namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            completions: Some(1),
+            parallelism: Some(1),
+            // A failed prune or check is reported, not retried blindly; the next period retries.
+            backoff_limit: Some(0),
+            ttl_seconds_after_finished: Some(s.ttl_seconds_after_finished),
+            pod_replacement_policy: Some("Failed".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 fn env_value(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
@@ -389,6 +535,29 @@ mod tests {
             key.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).map(|r| r.name.as_str()),
             Some("coracle-master-key")
         );
+    }
+
+    #[test]
+    fn a_maintenance_job_references_the_key_and_is_named_by_its_tasks() {
+        let tasks = MaintenanceTasks { namespace: "shop".into(), forget: vec![backup()], prune: true, check: false };
+        let name = maintenance_job_name(&tasks, "");
+        assert_eq!(name, maintenance_job_name(&tasks, ""), "deterministic");
+        assert_ne!(name, maintenance_job_name(&tasks, "2026-11-21T00:00:00Z"));
+        assert_ne!(name, maintenance_job_name(&MaintenanceTasks { prune: false, ..tasks.clone() }, ""));
+        assert!(name.len() <= 63);
+        let s = Settings { key_generations: "shop=2".into(), ..Settings::default() };
+        let job = maintenance_job(&tasks, &name, &["coracle-backup-x-0".into()], chrono::Utc::now(), &s);
+        let labels = job.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_REPOSITORY).map(String::as_str), Some("shop"));
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert!(pod.affinity.is_none() && pod.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+        let env = pod.containers[0].env.clone().unwrap_or_default();
+        let value = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+        assert_eq!(value("CORACLE_KEY_GENERATION").as_deref(), Some("2"));
+        assert_eq!(value("CORACLE_LIVE_HOSTS").as_deref(), Some("coracle-backup-x-0"));
+        assert!(value("CORACLE_FORGET").is_some_and(|f| f.contains(&backup().uid)));
+        let key = env.iter().find(|e| e.name == "CORACLE_MASTER_KEY").expect("key");
+        assert!(key.value.is_none() && key.value_from.is_some(), "referenced, never inlined");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The Kubernetes adapter: reads the snapshot a planner needs with one paginated LIST per
 //! namespace and kind (never one GET per pod), and creates Jobs idempotently.
+//! Each call names the `rbac` rule that grants it; the rule is in the error when a call fails.
 
+use crate::rbac::{self, Rule};
 use crate::settings::{Settings, CONFIGMAP_NAME};
 use crate::snapshot::ClusterSnapshot;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -38,13 +40,14 @@ impl KubeError {
     }
 }
 
-fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
+/// The error of a call `rule` grants; the rule is named so a Forbidden answer says what to grant.
+fn api_err_for(rule: Rule, action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
     let action = action.into();
-    move |source| KubeError::Api { action, source }
+    move |source| KubeError::Api { action: format!("{action} (needs RBAC: {rule})"), source }
 }
 
 /// Lists every object of a kind in one paginated LIST.
-async fn list_all<K>(api: Api<K>, what: &str, label_selector: Option<&str>) -> Result<Vec<K>, KubeError>
+async fn list_all<K>(rule: Rule, api: Api<K>, what: &str, label_selector: Option<&str>) -> Result<Vec<K>, KubeError>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug,
 {
@@ -54,7 +57,7 @@ where
         params = params.labels(sel);
     }
     loop {
-        let page = api.list(&params).await.map_err(api_err(format!("listing {what}")))?;
+        let page = api.list(&params).await.map_err(api_err_for(rule, format!("listing {what}")))?;
         out.extend(page.items);
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -66,7 +69,10 @@ where
 /// Reads Coracle's settings from its ConfigMap; defaults when it does not exist.
 pub async fn settings(client: &Client, system_namespace: &str) -> Result<Settings, KubeError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), system_namespace);
-    let cm = api.get_opt(CONFIGMAP_NAME).await.map_err(api_err(format!("reading ConfigMap {CONFIGMAP_NAME}")))?;
+    let cm = api
+        .get_opt(CONFIGMAP_NAME)
+        .await
+        .map_err(api_err_for(rbac::READ_SETTINGS, format!("reading ConfigMap {CONFIGMAP_NAME}")))?;
     let mut settings = match cm.and_then(|c| c.data) {
         Some(data) => Settings::from_configmap_data(&data)?,
         None => Settings::default(),
@@ -82,26 +88,43 @@ pub async fn backup_snapshot(
     namespaces: &[String],
     label_selector: Option<&str>,
 ) -> Result<ClusterSnapshot, KubeError> {
-    let all_ns: Vec<Namespace> = list_all(Api::all(client.clone()), "namespaces", None).await?;
+    let all_ns: Vec<Namespace> = list_all(rbac::LIST_NAMESPACES, Api::all(client.clone()), "namespaces", None).await?;
     let wanted: Vec<String> = if namespaces.is_empty() || namespaces.iter().any(|n| n == "*") {
         all_ns.iter().filter_map(|n| n.metadata.name.clone()).collect()
     } else {
         namespaces.to_vec()
     };
     let mut snap = ClusterSnapshot { namespaces: all_ns, settings, ..Default::default() };
-    snap.pvs = list_all(Api::<PersistentVolume>::all(client.clone()), "persistentvolumes", None).await?;
+    snap.pvs = list_all(
+        rbac::LIST_PERSISTENT_VOLUMES,
+        Api::<PersistentVolume>::all(client.clone()),
+        "persistentvolumes",
+        None,
+    )
+    .await?;
     for ns in &wanted {
         let pods: Vec<Pod> =
-            list_all(Api::namespaced(client.clone(), ns), &format!("pods in {ns}"), label_selector).await?;
+            list_all(rbac::LIST_PODS, Api::namespaced(client.clone(), ns), &format!("pods in {ns}"), label_selector)
+                .await?;
         if pods.is_empty() {
             continue;
         }
         snap.pods.extend(pods);
-        let pvcs: Vec<PersistentVolumeClaim> =
-            list_all(Api::namespaced(client.clone(), ns), &format!("persistentvolumeclaims in {ns}"), None).await?;
+        let pvcs: Vec<PersistentVolumeClaim> = list_all(
+            rbac::LIST_CLAIMS,
+            Api::namespaced(client.clone(), ns),
+            &format!("persistentvolumeclaims in {ns}"),
+            None,
+        )
+        .await?;
         snap.pvcs.extend(pvcs);
-        let rs: Vec<ReplicaSet> =
-            list_all(Api::namespaced(client.clone(), ns), &format!("replicasets in {ns}"), None).await?;
+        let rs: Vec<ReplicaSet> = list_all(
+            rbac::LIST_REPLICA_SETS,
+            Api::namespaced(client.clone(), ns),
+            &format!("replicasets in {ns}"),
+            None,
+        )
+        .await?;
         snap.replica_sets.extend(rs);
     }
     Ok(snap)
@@ -115,20 +138,21 @@ pub async fn create_job(client: &Client, job: &Job) -> Result<bool, KubeError> {
     match api.create(&PostParams::default(), job).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(e) => Err(api_err(format!("creating Job {ns}/{name}"))(e)),
+        Err(e) => Err(api_err_for(rbac::CREATE_JOBS, format!("creating Job {ns}/{name}"))(e)),
     }
 }
 
 /// Reads one pod; None when it is gone.
 pub async fn pod(client: &Client, namespace: &str, name: &str) -> Result<Option<Pod>, KubeError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    api.get_opt(name).await.map_err(api_err(format!("reading pod {namespace}/{name}")))
+    api.get_opt(name).await.map_err(api_err_for(rbac::GET_PODS, format!("reading pod {namespace}/{name}")))
 }
 
 /// The PV a claim is bound to.
 pub async fn claim_volume(client: &Client, namespace: &str, claim: &str) -> Result<Option<String>, KubeError> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let pvc = api.get_opt(claim).await.map_err(api_err(format!("reading PVC {namespace}/{claim}")))?;
+    let pvc =
+        api.get_opt(claim).await.map_err(api_err_for(rbac::GET_CLAIMS, format!("reading PVC {namespace}/{claim}")))?;
     Ok(pvc.and_then(|p| p.spec).and_then(|s| s.volume_name).filter(|v| !v.is_empty()))
 }
 
@@ -138,7 +162,7 @@ pub async fn label_namespace(client: &Client, namespace: &str, key: &str, value:
     let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
     api.patch(namespace, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
         .await
-        .map_err(api_err(format!("labelling namespace {namespace}")))?;
+        .map_err(api_err_for(rbac::LABEL_NAMESPACES, format!("labelling namespace {namespace}")))?;
     Ok(())
 }
 
@@ -149,14 +173,51 @@ pub async fn jobs_and_pods(
     namespace: &str,
     selector: &str,
 ) -> Result<(Vec<Job>, Vec<Pod>), KubeError> {
-    let jobs =
-        list_all(Api::namespaced(client.clone(), namespace), &format!("Jobs {selector}"), Some(selector)).await?;
-    let pods =
-        list_all(Api::namespaced(client.clone(), namespace), &format!("pods {selector}"), Some(selector)).await?;
+    let jobs = list_all(
+        rbac::LIST_SYSTEM_JOBS,
+        Api::namespaced(client.clone(), namespace),
+        &format!("Jobs {selector}"),
+        Some(selector),
+    )
+    .await?;
+    let pods = list_all(
+        rbac::LIST_SYSTEM_PODS,
+        Api::namespaced(client.clone(), namespace),
+        &format!("pods {selector}"),
+        Some(selector),
+    )
+    .await?;
     Ok((jobs, pods))
 }
 
 /// Every ConfigMap carrying a label (any value) in every namespace, in one paginated LIST.
 pub async fn labelled_configmaps(client: &Client, label: &str) -> Result<Vec<ConfigMap>, KubeError> {
-    list_all(Api::all(client.clone()), &format!("ConfigMaps labelled {label}"), Some(label)).await
+    list_all(rbac::LIST_CONFIGMAPS, Api::all(client.clone()), &format!("ConfigMaps labelled {label}"), Some(label))
+        .await
+}
+
+/// Waits until a Job matching `selector` changes, or `limit` passes: one LIST for the current
+/// resourceVersion, then a WATCH from it, so nothing that happened since the LIST is missed.
+pub async fn wait_for_job_change(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    limit: std::time::Duration,
+) -> Result<(), KubeError> {
+    use futures::StreamExt as _;
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let listed = api
+        .list_metadata(&ListParams::default().labels(selector).limit(1))
+        .await
+        .map_err(api_err_for(rbac::WATCH_SYSTEM_JOBS, format!("listing Jobs {selector}")))?;
+    let version = listed.metadata.resource_version.unwrap_or_default();
+    let params = kube::api::WatchParams::default().labels(selector).timeout(limit.as_secs().clamp(1, 290) as u32);
+    let stream = api
+        .watch(&params, &version)
+        .await
+        .map_err(api_err_for(rbac::WATCH_SYSTEM_JOBS, format!("watching Jobs {selector}")))?;
+    let mut stream = std::pin::pin!(stream);
+    // Any event (or the watch ending, or an expired version) is a reason to look again.
+    let _ = tokio::time::timeout(limit, stream.next()).await;
+    Ok(())
 }

@@ -41,9 +41,22 @@ enum Command {
     Admission(AdmissionCommand),
     /// Serve the admission endpoints over HTTPS.
     Serve(ServeArgs),
+    /// Create the webhook's CA and serving certificate Secret and write the caBundles (idempotent).
+    Certgen(CertgenArgs),
     /// Backup schedules: create, list, pause, unpause, delete; preview fire times.
     #[command(subcommand)]
     Schedule(coracle_functions::schedule_cli::ScheduleCommand),
+    /// Stream Coracle's events as readable lines or JSON.
+    Watch(WatchArgs),
+    /// Rebuild backup records from the repositories' snapshot tags.
+    #[command(subcommand)]
+    Catalog(coracle_functions::maintenance_cli::CatalogCommand),
+    /// Repository keys: rotate a namespace's key.
+    #[command(subcommand)]
+    Keys(coracle_functions::maintenance_cli::KeysCommand),
+    /// Repository maintenance (forget, prune, check) on demand.
+    #[command(subcommand)]
+    Maintenance(coracle_functions::maintenance_cli::MaintenanceCommand),
     /// Recover results from Jobs' termination messages and fail volumes whose Job gave up.
     Sweep {
         #[arg(long, env = "CORACLE_NATS_URL")]
@@ -55,6 +68,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RestoreCommand {
+    /// Request a restore from a backup; with --wait, follow it until every target is restored.
+    Create(coracle_functions::create_cli::RestoreCreate),
     /// Show one restore's record: every target with its state, pod and figures.
     Describe {
         name: String,
@@ -63,6 +78,25 @@ enum RestoreCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Table)]
         output: cli::Format,
     },
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// Only these events: `backup.completed`, `volume.backup.*`, `restore.>` or an event type
+    /// (`dev.coracle.backup.completed.v1`); repeat or comma-separate.
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Start from the oldest event the stream still holds instead of from now.
+    #[arg(long)]
+    from_start: bool,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<usize>,
+    #[arg(long, env = "CORACLE_NATS_URL")]
+    nats: String,
+    /// `table` prints one readable line per event; `json` one CloudEvent per line.
+    #[arg(short = 'o', long, value_enum, default_value_t = cli::Format::Table)]
+    output: cli::Format,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +166,28 @@ enum SetupCommand {
         #[arg(long, env = "CORACLE_NATS_URL")]
         nats: String,
     },
+    /// Create the master-key Secret with a random key unless it exists (never replaces a key).
+    MasterKey {
+        #[arg(long, env = "CORACLE_SYSTEM_NAMESPACE", default_value = coracle_functions::settings::DEFAULT_SYSTEM_NAMESPACE)]
+        system_namespace: String,
+        #[arg(long, default_value = coracle_functions::rbac::MASTER_KEY_SECRET)]
+        secret: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct CertgenArgs {
+    #[arg(long, env = "CORACLE_SYSTEM_NAMESPACE", default_value = coracle_functions::settings::DEFAULT_SYSTEM_NAMESPACE)]
+    system_namespace: String,
+    /// The Service in front of `coracle serve`; the certificate names `<service>.<namespace>.svc`.
+    #[arg(long, default_value = "coracle")]
+    service: String,
+    #[arg(long, default_value = coracle_functions::rbac::WEBHOOK_TLS_SECRET)]
+    secret: String,
+    #[arg(long = "mutating-webhook", default_value = coracle_functions::rbac::MUTATING_WEBHOOK)]
+    mutating_webhooks: Vec<String>,
+    #[arg(long = "validating-webhook", default_value = coracle_functions::rbac::VALIDATING_WEBHOOK)]
+    validating_webhooks: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -157,6 +213,12 @@ struct FnArgs {
 
 #[derive(Subcommand)]
 enum BackupCommand {
+    /// Request a backup through NATS; with --wait, follow it with a progress bar per volume.
+    Create(coracle_functions::create_cli::BackupCreate),
+    /// Plan, create the Jobs, wait for them and print the result, with no NATS (one-shot Job).
+    Run(coracle_functions::backup_run::BackupRun),
+    /// Delete a backup: forget its snapshots in every repository (data other backups use stays).
+    Delete(coracle_functions::maintenance_cli::BackupDelete),
     /// List backups.
     Get {
         #[arg(long, env = "CORACLE_NATS_URL")]
@@ -234,6 +296,14 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .with_context(|| format!("reading request {}", request.display()))?;
             print!("{}", cli::restore_plan(&request, &record, output)?);
         }
+        Command::Backup(BackupCommand::Create(args)) => {
+            return coracle_functions::create_cli::backup_create(args).await
+        }
+        Command::Backup(BackupCommand::Run(args)) => return coracle_functions::backup_run::run(args).await,
+        Command::Restore(RestoreCommand::Create(args)) => {
+            return coracle_functions::create_cli::restore_create(args).await
+        }
+        Command::Watch(args) => watch(args).await?,
         Command::Restore(RestoreCommand::Describe { name, nats, output }) => {
             let n = Nats::connect(&nats).await?;
             let Some((record, _)) = n.restores.get(&name).await? else { bail!("no restore named {name}") };
@@ -277,12 +347,47 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let published = coracle_functions::handlers::sweep::run(&ctx).await?;
             println!("sweep: published {published} recovered result(s)");
         }
+        Command::Setup(SetupCommand::MasterKey { system_namespace, secret }) => {
+            let client = kube::Client::try_default().await.context("no Kubernetes API configured")?;
+            if coracle_functions::master_key::ensure(&client, &system_namespace, &secret).await? {
+                println!(
+                    "created Secret {system_namespace}/{secret} with a new master key; keep a copy outside the cluster"
+                );
+            } else {
+                println!("Secret {system_namespace}/{secret} already holds the master key; left unchanged");
+            }
+        }
+        Command::Certgen(args) => {
+            let client = kube::Client::try_default().await.context("no Kubernetes API configured")?;
+            let opts = coracle_functions::certgen::Options {
+                namespace: args.system_namespace,
+                service: args.service,
+                secret: args.secret,
+                mutating_webhooks: args.mutating_webhooks,
+                validating_webhooks: args.validating_webhooks,
+            };
+            let outcome = coracle_functions::certgen::run(&client, &opts, chrono::Utc::now()).await?;
+            let action = if outcome.issued { "issued a new certificate into" } else { "kept the valid certificate in" };
+            println!(
+                "certgen: {action} Secret {}/{}; caBundle written to {:?}",
+                opts.namespace, opts.secret, outcome.patched
+            );
+            if !outcome.missing.is_empty() {
+                println!("certgen: not installed, skipped: {:?}", outcome.missing);
+            }
+        }
         Command::Setup(SetupCommand::Nats { nats }) => {
             Nats::connect(&nats).await?;
             println!("stream {} and KV buckets are ready", coracle_events::subjects::STREAM);
         }
         Command::Fn(args) => return run_function(args).await,
         Command::Schedule(command) => return coracle_functions::schedule_cli::run(command).await,
+        Command::Catalog(c) => return coracle_functions::maintenance_cli::catalog(c).await,
+        Command::Keys(c) => return coracle_functions::maintenance_cli::keys(c).await,
+        Command::Maintenance(c) => return coracle_functions::maintenance_cli::maintenance(c).await,
+        Command::Backup(BackupCommand::Delete(args)) => {
+            return coracle_functions::maintenance_cli::backup_delete(args).await
+        }
         Command::Backup(BackupCommand::Get { nats, output }) => {
             let n = Nats::connect(&nats).await?;
             let mut records = n.records.list().await?;
@@ -296,6 +401,34 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use std::io::Write as _;
+    let subjects = coracle_functions::watch::subjects_for(&args.types)?;
+    let n = Nats::connect(&args.nats).await?;
+    let events = coracle_functions::watch::events(&n.js, subjects, args.from_start).await?;
+    let mut events = std::pin::pin!(events.take(args.count.unwrap_or(usize::MAX)));
+    let mut out = std::io::stdout().lock();
+    while let Some(seen) = events.next().await {
+        let seen = seen?;
+        let text = match args.output {
+            cli::Format::Table => coracle_functions::watch::line(&seen),
+            cli::Format::Json | cli::Format::Yaml => match coracle_functions::watch::json_line(&seen.payload) {
+                Some(line) => line,
+                None => {
+                    eprintln!("skipping a non-JSON message on {}", seen.subject);
+                    continue;
+                }
+            },
+        };
+        // A closed pipe (`coracle watch | head`) ends the watch quietly.
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn run_function(args: FnArgs) -> anyhow::Result<std::process::ExitCode> {

@@ -186,6 +186,7 @@ mod tests {
                 .collect(),
             skipped: vec![],
             completion_published: false,
+            deletion: None,
         }
     }
 

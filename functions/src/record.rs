@@ -71,6 +71,28 @@ pub struct BackupRecord {
     /// Set once `coracle.backup.completed` has been published, so it is published exactly once.
     #[serde(default)]
     pub completion_published: bool,
+    /// Set once the backup is due for deletion (TTL expiry or `coracle backup delete`); see
+    /// `crate::retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<Deletion>,
+}
+
+/// A backup's deletion: its snapshots are forgotten repository by repository, and it is deleted
+/// once every namespace it has volumes in has reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Deletion {
+    /// `expired` or `requested`.
+    pub reason: String,
+    pub requested: DateTime<Utc>,
+    /// Namespaces whose repositories no longer hold its snapshots.
+    #[serde(default)]
+    pub forgotten: std::collections::BTreeSet<String>,
+    /// When the last namespace reported; `coracle.backup.deleted` is published once this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub event_published: bool,
 }
 
 impl BackupRecord {
@@ -103,6 +125,7 @@ impl BackupRecord {
             volumes,
             skipped: plan.skipped.clone(),
             completion_published: false,
+            deletion: None,
         };
         record.settle(started);
         record

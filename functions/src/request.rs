@@ -37,6 +37,12 @@ pub fn parse_backup_request(bytes: &[u8]) -> Result<BackupRequest, RequestError>
 /// Parses and validates a restore request, in the same forms as a backup request.
 pub fn parse_restore_request(bytes: &[u8]) -> Result<RestoreRequest, RequestError> {
     let request = parse_request::<RestoreRequest>(bytes)?;
+    validate_restore(&request)?;
+    Ok(request)
+}
+
+/// Checks the names a restore request carries.
+pub fn validate_restore(request: &RestoreRequest) -> Result<(), RequestError> {
     if !is_dns1123_subdomain(&request.name) {
         return Err(RequestError::Invalid {
             field: "name",
@@ -56,7 +62,7 @@ pub fn parse_restore_request(bytes: &[u8]) -> Result<RestoreRequest, RequestErro
             return Err(RequestError::Invalid { field, reason: format!("{bad:?} is not a valid namespace name") });
         }
     }
-    Ok(request)
+    Ok(())
 }
 
 /// A request of type `T`, bare or wrapped in a CloudEvent, JSON or YAML.

@@ -111,7 +111,11 @@ struct AppState<S> {
 pub fn router<S: PendingStore + Send + Sync + 'static>(pending: S, helper: HelperSettings) -> Router {
     let state = Arc::new(AppState { pending, helper });
     Router::new()
+        // Liveness and readiness: the process answers over TLS, so its certificate loaded (serve()
+        // refuses to start without one). Readiness asks nothing of NATS: admission must answer
+        // (allowing, unpatched) even while NATS is away.
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
         .route(
             "/admission/pods",
             post(|State(s): State<Arc<AppState<S>>>, body: Bytes| async move {
@@ -165,7 +169,7 @@ pub async fn serve(addr: &str, cert: &Path, key: &Path, app: Router) -> Result<(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| ServeError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
-    tracing::info!(%addr, "serving HTTPS: /admission/pods, /validate/workloads, /healthz");
+    tracing::info!(%addr, "serving HTTPS: /admission/pods, /validate/workloads, /healthz, /readyz");
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,

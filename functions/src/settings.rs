@@ -44,6 +44,15 @@ pub struct Settings {
     pub helper_memory: String,
     /// How long a restoring pod waits for its data before failing (Go duration).
     pub helper_timeout: String,
+    /// How often each namespace's repository is pruned (Go duration; `0s` turns pruning off).
+    pub prune_interval: String,
+    /// How often each namespace's repository is checked (Go duration; `0s` turns checks off).
+    pub check_interval: String,
+    /// `restic check --read-data-subset` for the periodic check (`5%`, `1/10`, `500M`; empty: none).
+    pub check_read_data_subset: String,
+    /// Repository password generation per namespace after key rotation, `shop=2,media=3`
+    /// (maintained by `coracle keys rotate`); unlisted namespaces are at generation 1.
+    pub key_generations: String,
 }
 
 impl Default for Settings {
@@ -71,6 +80,10 @@ impl Default for Settings {
             helper_cpu: "100m".into(),
             helper_memory: "128Mi".into(),
             helper_timeout: "4h".into(),
+            prune_interval: "168h".into(),
+            check_interval: "720h".into(),
+            check_read_data_subset: "5%".into(),
+            key_generations: String::new(),
         }
     }
 }
@@ -116,6 +129,10 @@ impl Settings {
                 "helperCpu" => s.helper_cpu = value.clone(),
                 "helperMemory" => s.helper_memory = value.clone(),
                 "helperTimeout" => s.helper_timeout = value.clone(),
+                "pruneInterval" => s.prune_interval = value.clone(),
+                "checkInterval" => s.check_interval = value.clone(),
+                "checkReadDataSubset" => s.check_read_data_subset = value.trim().to_string(),
+                "keyGenerations" => s.key_generations = value.clone(),
                 _ => {}
             }
         }
@@ -123,6 +140,16 @@ impl Settings {
             return Err(SettingsError { key: "kubeletRoot".into(), reason: "must be an absolute path".into() });
         }
         Ok(s)
+    }
+
+    /// The repository password generation of a namespace (1 unless rotated).
+    pub fn key_generation(&self, namespace: &str) -> u32 {
+        self.key_generations
+            .split(',')
+            .filter_map(|e| e.split_once('='))
+            .find(|(ns, _)| ns.trim() == namespace)
+            .and_then(|(_, g)| g.trim().parse().ok())
+            .unwrap_or(1)
     }
 
     /// `<kubeletRoot>/pods`, the host directory the Jobs mount.
@@ -146,6 +173,10 @@ mod tests {
         assert_eq!(s.pods_root(), "/opt/rke/var/lib/kubelet/pods");
         assert_eq!(s.per_node_concurrency, 4);
         assert_eq!(s.backoff_limit_per_index, 2);
+        assert_eq!((s.prune_interval.as_str(), s.check_interval.as_str()), ("168h", "720h"));
+        let rotated = Settings { key_generations: "shop=3,media=2".into(), ..Settings::default() };
+        assert_eq!((rotated.key_generation("shop"), rotated.key_generation("media")), (3, 2));
+        assert_eq!(rotated.key_generation("other"), 1);
         let bad: BTreeMap<String, String> = [("perNodeConcurrency".to_string(), "lots".to_string())].into();
         let err = Settings::from_configmap_data(&bad).expect_err("invalid");
         assert!(err.to_string().contains("perNodeConcurrency"), "{err}");

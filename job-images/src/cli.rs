@@ -28,7 +28,21 @@ pub enum Command {
     /// the marker the pod's restore-wait init container waits for.
     #[command(after_help = RESTORE_AFTER_HELP)]
     Restore(RestoreArgs),
+    /// Maintain one namespace's repository: remove locks of Job pods that are gone, forget the
+    /// snapshots of expired or deleted backups, prune, check.
+    #[command(after_help = MAINTAIN_AFTER_HELP)]
+    Maintain(MaintainArgs),
 }
+
+const MAINTAIN_AFTER_HELP: &str = "\
+Locks: a lock written from this host by a dead pid, or by a Coracle Job pod (hostname coracle-...) that is
+not in CORACLE_LIVE_HOSTS and is older than CORACLE_LIVE_HOSTS_AT (minus 2 minutes of clock skew), is removed;
+every other lock is kept. Exclusive tasks wait up to 2 minutes for running backups' locks.
+
+Exit codes:
+  0  every task done (the result is in the termination message and coracle.maintenance.completed)
+  1  a task failed or check found errors
+  2  invalid settings";
 
 const BACKUP_AFTER_HELP: &str = "\
 Secrets:
@@ -76,6 +90,9 @@ pub struct JobArgs {
     /// Generation of the derived repository passwords (key rotation); default 1.
     #[arg(long, env = "CORACLE_KEY_GENERATION")]
     pub key_generation: Option<String>,
+    /// Per-namespace generations, `ns=2,other=3`; a namespace not listed uses --key-generation.
+    #[arg(long, env = "CORACLE_KEY_GENERATIONS")]
+    pub key_generations: Option<String>,
     /// NATS URL; when set and not empty, events are published to JetStream.
     #[arg(long, env = "CORACLE_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
@@ -103,6 +120,19 @@ impl JobArgs {
         match std::env::var_os("CORACLE_MASTER_KEY") {
             Some(raw) => MasterKey::new(std::os::unix::ffi::OsStrExt::as_bytes(raw.as_os_str())),
             None => Err(KeyError::Missing),
+        }
+    }
+
+    /// The password generation of `namespace`: its entry in `CORACLE_KEY_GENERATIONS`, else
+    /// `CORACLE_KEY_GENERATION`, else 1.
+    pub fn generation(&self, namespace: &str) -> Result<u32, String> {
+        let listed = self.key_generations.as_deref().unwrap_or_default().split(',').find_map(|entry| {
+            let (ns, generation) = entry.split_once('=')?;
+            (ns.trim() == namespace).then(|| generation.trim().to_string())
+        });
+        match listed {
+            Some(g) => parse_count("CORACLE_KEY_GENERATIONS", Some(&g), 1),
+            None => parse_count("CORACLE_KEY_GENERATION", self.key_generation.as_deref(), 1),
         }
     }
 
@@ -145,6 +175,33 @@ pub struct RestoreArgs {
     pub pod_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, Default, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// The namespace whose repository (<prefix>/<namespace>) is maintained.
+    #[arg(long, env = "CORACLE_MAINTENANCE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// JSON array of backups (`{"name","uid"}`) whose snapshots to forget.
+    #[arg(long, env = "CORACLE_FORGET")]
+    pub forget: Option<String>,
+    /// `true` to run `restic prune`.
+    #[arg(long, env = "CORACLE_PRUNE")]
+    pub prune: Option<String>,
+    /// `true` to run `restic check`.
+    #[arg(long, env = "CORACLE_CHECK")]
+    pub check: Option<String>,
+    /// `restic check --read-data-subset` (e.g. `5%`, `1/10`, `500M`); empty reads no pack data.
+    #[arg(long, env = "CORACLE_CHECK_READ_DATA_SUBSET")]
+    pub check_read_data_subset: Option<String>,
+    /// Hostnames of Coracle's Job pods alive when this Job was created (comma list).
+    #[arg(long, env = "CORACLE_LIVE_HOSTS")]
+    pub live_hosts: Option<String>,
+    /// When those were listed (RFC 3339).
+    #[arg(long, env = "CORACLE_LIVE_HOSTS_AT")]
+    pub live_hosts_at: Option<String>,
+}
+
 /// Parses an optional count where empty or missing means `default`.
 pub fn parse_count(name: &str, value: Option<&str>, default: u32) -> Result<u32, String> {
     match value.map(str::trim) {
@@ -164,6 +221,21 @@ mod tests {
         assert_eq!(parse_count("CORACLE_ATTEMPT", Some(" 2 "), 0), Ok(2));
         assert_eq!(parse_count("CORACLE_KEY_GENERATION", None, 1), Ok(1));
         assert!(parse_count("CORACLE_ATTEMPT", Some("-1"), 0).unwrap_err().contains("CORACLE_ATTEMPT"));
+    }
+
+    #[test]
+    fn generations_per_namespace() {
+        let args = JobArgs {
+            key_generations: Some("shop=3, media = 2".into()),
+            key_generation: Some("1".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.generation("shop"), Ok(3));
+        assert_eq!(args.generation("media"), Ok(2));
+        assert_eq!(args.generation("other"), Ok(1));
+        assert_eq!(JobArgs::default().generation("shop"), Ok(1));
+        let bad = JobArgs { key_generations: Some("shop=x".into()), ..Default::default() };
+        assert!(bad.generation("shop").is_err());
     }
 
     #[test]

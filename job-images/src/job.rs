@@ -140,8 +140,7 @@ pub async fn open_repository(args: &JobArgs, namespace: &str) -> Result<Restic, 
     if master.is_weak() {
         tracing::warn!("the master key is shorter than 16 bytes; use a long random key");
     }
-    let generation =
-        parse_count("CORACLE_KEY_GENERATION", args.key_generation.as_deref(), 1).map_err(JobError::Settings)?;
+    let generation = args.generation(namespace).map_err(JobError::Settings)?;
     let prefix = args
         .repository_prefix
         .as_deref()

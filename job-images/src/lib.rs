@@ -13,6 +13,7 @@ pub mod backup;
 pub mod cli;
 pub mod job;
 pub mod keys;
+pub mod maintenance;
 pub mod markers;
 pub use coracle_events::names;
 pub mod notify;

@@ -26,6 +26,10 @@ fn main() -> anyhow::Result<()> {
             let result = runtime.block_on(coracle_volume_job::restore::run(&args));
             (to_json(&result.outcome), result.exit_code)
         }
+        Command::Maintain(args) => {
+            let result = runtime.block_on(coracle_volume_job::maintenance::run(&args));
+            (to_json(&result.outcome), result.exit_code)
+        }
     };
     // The outcome on stdout too, for `kubectl logs` and one-shot runs.
     if let Some(json) = outcome {

@@ -2,19 +2,18 @@
 //! cluster with a sample application, writes known data into its volumes, runs Coracle's
 //! functions as NATS consumers while the simulated cluster runs the Jobs they create, publishes a
 //! backup request, prints the result events as they arrive, waits for
-//! `coracle.backup.completed`, and prints the summary and restic's own snapshot list.
+//! `coracle.backup.completed`, and prints the summary and restic's own snapshot list. Then it
+//! restores the shop namespace after a disaster, and shows a Deployment rollout backing up its
+//! volumes through a trigger policy.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use coracle_events::{
-    subjects, BackupCompleted, BackupPhase, CloudEvent, RestoreCompleted, RestorePlanned, RestoreRequest,
-};
+use coracle_events::{subjects, BackupCompleted, BackupPhase, RestoreCompleted, RestorePlanned, RestoreRequest};
 use coracle_tests::harness::{tree_digest, write_file, Harness};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 
 use chrono::Timelike;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,52 +76,6 @@ fn sample_data() -> Vec<(Target, Files)> {
     ]
 }
 
-fn describe_event(subject: &str, payload: &[u8]) -> String {
-    let Ok(ev) = CloudEvent::parse(payload) else { return format!("{subject}  (unparsable)") };
-    let d = &ev.data;
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    let detail = match subject {
-        subjects::BACKUP_REQUESTED => format!("backup {} ({})", s(&d["name"]), s(&d["origin"])),
-        subjects::SCHEDULE_TICK => format!("tick for {}", ev.time.map(|t| t.to_rfc3339()).unwrap_or_default()),
-        subjects::BACKUP_PLANNED => format!(
-            "{} volumes on {} Job(s), {} skipped",
-            d["volumes"].as_array().map_or(0, Vec::len),
-            d["jobs"].as_array().map_or(0, Vec::len),
-            d["skipped"].as_array().map_or(0, Vec::len)
-        ),
-        subjects::VOLUME_BACKUP_PROGRESS => format!(
-            "{}  {:>5.1}%  {} / {} bytes",
-            s(&d["volume"]),
-            d["percentDone"].as_f64().unwrap_or(0.0) * 100.0,
-            d["bytesDone"],
-            d["bytesTotal"]
-        ),
-        subjects::VOLUME_BACKUP_COMPLETED => format!(
-            "{}/{}/{}  snapshot {}",
-            s(&d["volume"]["namespace"]),
-            s(&d["volume"]["pod"]),
-            s(&d["volume"]["volume"]),
-            s(&d["snapshotId"]).chars().take(8).collect::<String>()
-        ),
-        subjects::VOLUME_BACKUP_FAILED => format!("{}  {}", s(&d["volume"]["volume"]), s(&d["reason"])),
-        subjects::BACKUP_COMPLETED => format!("{} phase {}", s(&d["backup"]["name"]), s(&d["phase"])),
-        subjects::RESTORE_REQUESTED => format!("restore {} from backup {}", s(&d["name"]), s(&d["backup"])),
-        subjects::RESTORE_PLANNED => format!("{} volumes pending restore", d["entries"].as_array().map_or(0, Vec::len)),
-        subjects::RESTORE_POD_READY => format!("{}/{} waiting for {}", s(&d["namespace"]), s(&d["pod"]), d["volumes"]),
-        subjects::VOLUME_RESTORE_COMPLETED => format!(
-            "{}/{}/{}  {} files",
-            s(&d["volume"]["namespace"]),
-            s(&d["volume"]["pod"]),
-            s(&d["volume"]["volume"]),
-            d["stats"]["files"]
-        ),
-        subjects::VOLUME_RESTORE_FAILED => format!("{}  {}", s(&d["volume"]["volume"]), s(&d["reason"])),
-        subjects::RESTORE_COMPLETED => format!("{} phase {}", s(&d["restore"]["name"]), s(&d["phase"])),
-        _ => ev.ty.clone(),
-    };
-    format!("{:<34} {detail}", subject)
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Args::parse()).await {
@@ -137,9 +90,20 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     println!("== Starting NATS JetStream and a simulated two-node cluster");
-    let h =
-        Arc::new(Harness::start("demo", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?);
+    let mut h = Harness::start("demo", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
     println!("   nats {}  api {}", h.nats.url(), h.sim.url());
+    // Coracle itself, as an operator installs it: `kubectl apply -k deploy/` (the cronjob-drain
+    // overlay of deploy/base) with the NATS URL and repository prefix patched in; the one-shot
+    // Jobs (master key, NATS stream and buckets, webhook certificate) run, and the admission
+    // server runs from its rendered Deployment behind its Service.
+    let overlay = coracle_tests::install::deploy_dir().join("overlays/cronjob-drain");
+    let install = coracle_tests::install::install_rendered(&mut h, &overlay).await?;
+    println!(
+        "   installed from the rendered manifests: {} objects in {} (kubectl apply -k deploy/)",
+        install.objects.len(),
+        install.namespace
+    );
+    let h = Arc::new(h);
     let mut files = 0usize;
     let mut bytes = 0usize;
     for (target, data) in sample_data() {
@@ -154,15 +118,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     println!("   wrote {files} files ({bytes} bytes) into the sample application's volumes");
-    h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
-
-    // Functions as long-running consumers, as KEDA would keep them while messages flow.
-    let functions = ["schedule-tick", "plan-backup", "record-result", "plan-restore", "start-restore"]
+    // Functions as long-running consumers, as KEDA would keep them while messages flow: each from
+    // its rendered CronJob's pod template, under its own ServiceAccount.
+    let functions = ["schedule-tick", "plan-backup", "record-result", "plan-restore", "start-restore", "on-k8s-event"]
         .iter()
-        .map(|f| h.spawn_function(f))
+        .map(|f| install.spawn_function(&h, &format!("coracle-{f}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let outcome = drive(&h, &args).await;
     drop(functions);
+    drop(install);
     let ok = outcome?;
     if args.keep {
         let kept = h.tmp.path().to_path_buf();
@@ -204,7 +168,52 @@ async fn drive(h: &Arc<Harness>, args: &Args) -> anyhow::Result<bool> {
     if completed.phase != BackupPhase::Completed {
         return Ok(false);
     }
-    restore(h, &mut events, &name, deadline).await
+    if !restore(h, &mut events, &name, deadline).await? {
+        return Ok(false);
+    }
+    rollout(h, &mut events, deadline).await
+}
+
+/// Act three: `kubectl rollout restart deployment/web` backs the web volumes up through the example
+/// trigger policy, with no event bridge: the API server calls Coracle's validating webhook, which
+/// publishes coracle.k8s.workload.updated; on-k8s-event matches the policy and requests the backup.
+async fn rollout(
+    h: &Arc<Harness>,
+    events: &mut async_nats::Subscriber,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<bool> {
+    let started = std::time::Instant::now();
+    let policies = include_str!("../../deploy/examples/trigger-policy.yaml");
+    for doc in serde_yaml::Deserializer::from_str(policies) {
+        let policy: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        h.sim.store().put(policy)?;
+    }
+    // The rollout webhook is opt-in per namespace, as deploy/base configures it.
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(h.sim.client()?);
+    let label = serde_json::json!({"metadata": {"labels": {"coracle.dev/workload-triggers": "enabled"}}});
+    namespaces.patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label)).await?;
+    println!(
+        "\n== A rollout: the trigger policy backup-on-rollout (deploy/examples/trigger-policy.yaml) is installed,"
+    );
+    println!("   the shop namespace is labelled coracle.dev/workload-triggers=enabled, and");
+    println!("   `kubectl rollout restart deployment/web -n shop` changes the pod template\n");
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(h.sim.client()?, "shop");
+    let restarted = chrono::Utc::now().to_rfc3339();
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": restarted}}}}});
+    deployments.patch("web", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(patch)).await?;
+    let completed: BackupCompleted =
+        follow(events, started, deadline, subjects::BACKUP_COMPLETED, |c: &BackupCompleted| {
+            c.backup.name.starts_with("backup-on-rollout-web-")
+        })
+        .await?;
+    let name = completed.backup.name.clone();
+    println!(
+        "\n== Backup {name} (fired by the rollout): {:?} in {:.1}s\n",
+        completed.phase,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", h.coracle(&["backup", "describe", &name, "--nats", &h.nats.url()])?);
+    Ok(completed.phase == BackupPhase::Completed)
 }
 
 /// Prints every event until the first `T` on `subject` that `wanted` accepts.
@@ -220,7 +229,11 @@ async fn follow<T: coracle_events::EventData>(
             bail!("no {subject} before the demo's timeout");
         };
         let got = msg.subject.to_string();
-        println!("  +{:>5.1}s  {}", started.elapsed().as_secs_f64(), describe_event(&got, &msg.payload));
+        println!(
+            "  +{:>5.1}s  {}",
+            started.elapsed().as_secs_f64(),
+            coracle_functions::watch::describe(&got, &msg.payload)
+        );
         if got == subject {
             let ev = coracle_events::envelope::decode::<T>(&msg.payload)?;
             if wanted(&ev.data) {
@@ -256,7 +269,6 @@ async fn restore(
     }
 
     println!("\n== Disaster: the shop namespace's pods are deleted and their volumes wiped");
-    let _webhook = h.install_webhook().await?;
     for pod in &originals {
         pods.delete(pod.metadata.name.as_deref().unwrap_or_default(), &Default::default()).await?;
     }

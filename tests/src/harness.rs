@@ -86,7 +86,8 @@ impl Harness {
             .await
     }
 
-    fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
+    /// The `coracle` binary with this installation's environment (KUBECONFIG, tools, master key).
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(workspace_bin("coracle")?);
         // The master key, as a function's Deployment gets it from the Secret: plan-restore reads
         // repositories when a backup's record is gone.
@@ -196,9 +197,10 @@ impl Harness {
         Ok(())
     }
 
-    /// Installs Coracle's admission webhook: `coracle serve` over HTTPS with a certificate for
-    /// its Service name, reached through the simulated Service, and the
-    /// MutatingWebhookConfiguration a real installation has. The server stops with the guard.
+    /// Installs Coracle's admission webhooks: `coracle serve` over HTTPS with a certificate for
+    /// its Service name, reached through the simulated Service, the MutatingWebhookConfiguration
+    /// a real installation has and the optional ValidatingWebhookConfiguration for rollouts. The
+    /// server stops with the guard.
     pub async fn install_webhook(&self) -> anyhow::Result<ChildGuard> {
         let (ca, cert, key) = crate::tls::test_ca_and_cert(&["coracle.coracle-system.svc"]);
         let dir = self.tmp.path().join("webhook-tls");
@@ -227,7 +229,7 @@ impl Harness {
                 "admissionReviewVersions": ["v1"],
                 "clientConfig": {
                     "service": {"namespace": SYSTEM_NAMESPACE, "name": "coracle", "path": "/admission/pods", "port": 443},
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca),
                 },
                 "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
                 "namespaceSelector": {"matchLabels": {"coracle.dev/restore": "enabled"}},
@@ -235,6 +237,22 @@ impl Harness {
             }]
         });
         self.sim.store().put(webhook)?;
+        // The optional rollout webhook: always allows, and publishes coracle.k8s.workload.updated.
+        let rollouts = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "coracle-rollouts"},
+            "webhooks": [{
+                "name": "rollouts.coracle.dev",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": {
+                    "service": {"namespace": SYSTEM_NAMESPACE, "name": "coracle", "path": "/validate/workloads", "port": 443},
+                    "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
+                },
+                "rules": [{"operations": ["UPDATE"], "apiGroups": ["apps"], "apiVersions": ["v1"], "resources": ["deployments", "statefulsets"], "scope": "Namespaced"}],
+                "failurePolicy": "Ignore", "sideEffects": "NoneOnDryRun", "timeoutSeconds": 5,
+            }]
+        });
+        self.sim.store().put(rollouts)?;
         Ok(guard)
     }
 

@@ -4,6 +4,7 @@
 
 pub mod binaries;
 pub mod harness;
+pub mod install;
 pub mod kubelet;
 pub mod lambda;
 pub mod nats;

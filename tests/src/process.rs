@@ -1,6 +1,6 @@
 //! Helpers for tests that start processes: every process a test starts is stopped by the test, by pid.
 
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -40,6 +40,24 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result
             bail!("pid {} did not exit within {timeout:?} and was killed", child.id());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for a child within `limit`, reading its piped output meanwhile (so a chatty child never
+/// blocks on a full pipe); past the limit it is SIGKILLed by pid and an error returned.
+pub fn output_within(child: Child, limit: Duration) -> anyhow::Result<Output> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Ok(out.with_context(|| format!("waiting for pid {pid}"))?),
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            bail!("pid {pid} did not finish within {limit:?} and was killed")
+        }
     }
 }
 

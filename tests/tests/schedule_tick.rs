@@ -118,7 +118,7 @@ impl Setup {
 
     /// Runs `coracle ARGS` to completion; fails unless it exits 0.
     fn coracle(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let out = finish(self.spawn(args)?, LIMIT)?;
+        let out = process::output_within(self.spawn(args)?, LIMIT)?;
         if !out.status.success() {
             bail!("coracle {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -151,23 +151,6 @@ impl Setup {
 
     async fn request_ids(&self) -> anyhow::Result<Vec<String>> {
         Ok(self.requests().await?.into_iter().map(|e| e.id).collect())
-    }
-}
-
-/// Waits for a child by pid within `limit`, SIGKILLing it past that; its output.
-fn finish(child: Child, limit: Duration) -> anyhow::Result<Output> {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            process::signal(pid, libc::SIGKILL);
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-            bail!("coracle (pid {pid}) did not finish within {limit:?} and was killed")
-        }
     }
 }
 
@@ -228,7 +211,7 @@ async fn each_fire_time_publishes_exactly_one_request() -> anyhow::Result<()> {
         let file = s.tick_file(&format!("2025-06-02T{hour}:00:20Z"))?;
         let args = ["fn", "schedule-tick", "--event", &file.to_string_lossy(), "--nats", &s.nats.url()];
         let (a, b) = (s.spawn(&args)?, s.spawn(&args)?);
-        let (a, b) = (finish(a, LIMIT)?, finish(b, LIMIT)?);
+        let (a, b) = (process::output_within(a, LIMIT)?, process::output_within(b, LIMIT)?);
         let stderr = [String::from_utf8_lossy(&a.stderr).into_owned(), String::from_utf8_lossy(&b.stderr).into_owned()];
         assert!(a.status.success() && b.status.success(), "{stderr:?}");
         let fired: Vec<Option<u32>> = stderr.iter().map(|e| summary_fired(e)).collect();
@@ -351,11 +334,11 @@ async fn cli_schedules_tick_from_nats_and_from_eventbridge_under_lambda() -> any
     let cm = s.sim.store().get_as::<ConfigMap>("coracle-system", "every-minute")?.context("ConfigMap created")?;
     assert_eq!(cm.metadata.labels.unwrap_or_default().get("coracle.dev/schedule").map(String::as_str), Some("true"));
     // A second one with the same name, or an invalid one, is refused and writes nothing.
-    let dup = finish(s.spawn(&["schedule", "create", "every-minute", "--cron", "@daily"])?, LIMIT)?;
+    let dup = process::output_within(s.spawn(&["schedule", "create", "every-minute", "--cron", "@daily"])?, LIMIT)?;
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr)
         .contains("a schedule named every-minute exists already in namespace coracle-system"));
-    let bad = finish(s.spawn(&["schedule", "create", "bad", "--cron", "0 0 * * 8"])?, LIMIT)?;
+    let bad = process::output_within(s.spawn(&["schedule", "create", "bad", "--cron", "0 0 * * 8"])?, LIMIT)?;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid schedule \"0 0 * * 8\": day-of-week field \"8\""));
     assert!(s.sim.store().get_as::<ConfigMap>("coracle-system", "bad")?.is_none());
@@ -418,7 +401,7 @@ async fn cli_schedules_tick_from_nats_and_from_eventbridge_under_lambda() -> any
     let answer = emulator.invoke_and_wait(eventbridge(second + TimeDelta::minutes(1)), LIMIT).await?;
     assert_eq!(answer.map_err(|e| anyhow::anyhow!("{e}"))?["status"], "ok");
     assert_eq!(s.request_ids().await?.len(), 2);
-    let missing = finish(s.spawn(&["schedule", "pause", "every-minute"])?, LIMIT)?;
+    let missing = process::output_within(s.spawn(&["schedule", "pause", "every-minute"])?, LIMIT)?;
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no schedule named every-minute"));
     Ok(())
 }

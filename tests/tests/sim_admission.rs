@@ -547,3 +547,50 @@ fn kubectl_create_passes_admission() -> Result<()> {
     assert_eq!(calls[0].request["request"]["options"]["fieldManager"], "kubectl-create");
     Ok(())
 }
+
+#[tokio::test]
+async fn validating_webhooks_see_the_mutated_object_and_can_only_deny() -> Result<()> {
+    let c = Cluster::start()?;
+    // A mutating webhook adds a label; the validating one runs after it and sees the label.
+    c.configure("coracle", vec![c.hook("/label", json!({}))]).await?;
+    let validating: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(c.sim.client()?);
+    let configure = |path: &str, policy: &str| {
+        let mut hook = c.hook(path, json!({"name": "check.coracle.dev", "failurePolicy": policy}));
+        if let Some(h) = hook.as_object_mut() {
+            h.remove("reinvocationPolicy");
+        }
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "check"}, "webhooks": [hook]})
+    };
+    validating.create(&PostParams::default(), &serde_json::from_value(configure("/allow", "Fail"))?).await?;
+    let created = c.pods("restore-me")?.create(&PostParams::default(), &pod("web-")?).await?;
+    assert_eq!(created.labels().get("coracle.dev/seen").map(String::as_str), Some("yes"));
+    let checked = c.seen("allow");
+    assert_eq!(checked.len(), 1, "the validating webhook was called once");
+    assert_eq!(checked[0]["request"]["object"]["metadata"]["labels"]["coracle.dev/seen"], "yes", "after mutation");
+
+    // A denial rejects the request and nothing is stored.
+    validating.delete("check", &DeleteParams::default()).await?;
+    validating.create(&PostParams::default(), &serde_json::from_value(configure("/deny", "Ignore"))?).await?;
+    let before = c.sim.store().list("pods", Some("restore-me"))?.len();
+    let (code, _, message) = api_error(c.pods("restore-me")?.create(&PostParams::default(), &pod("web-")?).await)?;
+    assert_eq!(code, 403);
+    assert!(message.contains("\"check.coracle.dev\" denied the request"), "{message}");
+    assert_eq!(c.sim.store().list("pods", Some("restore-me"))?.len(), before);
+
+    // Unreachable with failurePolicy Ignore: allowed; with Fail: refused.
+    validating.delete("check", &DeleteParams::default()).await?;
+    let mut unreachable = configure("/allow", "Ignore");
+    let port = closed_port()?;
+    unreachable["webhooks"][0]["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/allow"),
+        "caBundle": base64::engine::general_purpose::STANDARD.encode(&c.ca_pem)});
+    validating.create(&PostParams::default(), &serde_json::from_value(unreachable.clone())?).await?;
+    c.pods("restore-me")?.create(&PostParams::default(), &pod("web-")?).await?;
+    validating.delete("check", &DeleteParams::default()).await?;
+    unreachable["webhooks"][0]["failurePolicy"] = json!("Fail");
+    validating.create(&PostParams::default(), &serde_json::from_value(unreachable)?).await?;
+    let (code, _, _) = api_error(c.pods("restore-me")?.create(&PostParams::default(), &pod("web-")?).await)?;
+    assert_eq!(code, 500);
+    Ok(())
+}

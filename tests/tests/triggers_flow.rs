@@ -16,7 +16,7 @@ use coracle_tests::process;
 use coracle_tests::sim::SimServer;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -73,7 +73,8 @@ impl Setup {
 
     /// `coracle fn on-k8s-event --nats URL --drain`; its standard error.
     fn drain(&self) -> anyhow::Result<String> {
-        let out = finish(self.spawn(&["fn", "on-k8s-event", "--nats", &self.nats.url(), "--drain"])?, LIMIT)?;
+        let out =
+            process::output_within(self.spawn(&["fn", "on-k8s-event", "--nats", &self.nats.url(), "--drain"])?, LIMIT)?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             bail!("coracle fn on-k8s-event --drain failed: {stderr}");
@@ -105,23 +106,6 @@ impl Setup {
         let path = self.tmp.path().join(name);
         std::fs::write(&path, serde_json::to_vec(event)?)?;
         Ok(path)
-    }
-}
-
-/// Waits for a child by pid within `limit`, SIGKILLing it past that; its output.
-fn finish(child: Child, limit: Duration) -> anyhow::Result<Output> {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            process::signal(pid, libc::SIGKILL);
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-            bail!("coracle (pid {pid}) did not finish within {limit:?} and was killed")
-        }
     }
 }
 
@@ -181,7 +165,7 @@ async fn a_rollout_reported_twice_in_the_window_backs_up_once() -> anyhow::Resul
         s.spawn(&["fn", "on-k8s-event", "--event", &a.to_string_lossy(), "--nats", &url])?,
         s.spawn(&["fn", "on-k8s-event", "--event", &b.to_string_lossy(), "--nats", &url])?,
     );
-    let (oa, ob) = (finish(pa, LIMIT)?, finish(pb, LIMIT)?);
+    let (oa, ob) = (process::output_within(pa, LIMIT)?, process::output_within(pb, LIMIT)?);
     assert!(
         oa.status.success() && ob.status.success(),
         "{}\n{}",
@@ -193,7 +177,10 @@ async fn a_rollout_reported_twice_in_the_window_backs_up_once() -> anyhow::Resul
     assert_eq!(racing.len(), 1, "{ids:?}");
     // The winner's event redelivered: same id, dropped by the stream.
     for file in [&a, &b] {
-        let out = finish(s.spawn(&["fn", "on-k8s-event", "--event", &file.to_string_lossy(), "--nats", &url])?, LIMIT)?;
+        let out = process::output_within(
+            s.spawn(&["fn", "on-k8s-event", "--event", &file.to_string_lossy(), "--nats", &url])?,
+            LIMIT,
+        )?;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(s.request_ids().await?.len(), 3);

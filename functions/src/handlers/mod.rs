@@ -2,6 +2,7 @@
 //! Every runner (once, NATS, Lambda) calls `Function::handle` the same way.
 
 pub mod admit;
+pub mod maintenance;
 pub mod on_k8s_event;
 pub mod plan_backup;
 pub mod plan_restore;
@@ -23,6 +24,7 @@ pub enum Function {
     StartRestore,
     ScheduleTick,
     OnK8sEvent,
+    Maintenance,
 }
 
 /// A stable uid for a request without one: the same event id always yields the same uid, so a
@@ -40,6 +42,7 @@ impl Function {
             Function::StartRestore => "start-restore",
             Function::ScheduleTick => schedule_tick::NAME,
             Function::OnK8sEvent => on_k8s_event::NAME,
+            Function::Maintenance => maintenance::NAME,
         }
     }
 
@@ -57,6 +60,7 @@ impl Function {
             Function::StartRestore => &[subjects::RESTORE_POD_READY],
             Function::ScheduleTick => &[subjects::SCHEDULE_TICK],
             Function::OnK8sEvent => &[subjects::K8S_ALL],
+            Function::Maintenance => &[subjects::SCHEDULE_TICK, subjects::MAINTENANCE_COMPLETED],
         }
     }
 
@@ -68,6 +72,7 @@ impl Function {
             Function::StartRestore => start_restore::handle(ctx, payload).await,
             Function::ScheduleTick => schedule_tick::handle(ctx, payload).await,
             Function::OnK8sEvent => on_k8s_event::handle(ctx, payload).await,
+            Function::Maintenance => maintenance::handle(ctx, payload).await,
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::plan_backup::plan_backup;
 use crate::record::{BackupRecord, RecordPhase};
 use crate::request::parse_backup_request;
 use crate::settings::Settings;
-use chrono::Utc;
+use crate::snapshot::ClusterSnapshot;
+use chrono::{DateTime, Utc};
 use coracle_events::consume::HandleError;
 use coracle_events::{function_source, BackupPlanned, BackupRef, BackupRequest, CloudEvent};
 use std::time::Duration;
@@ -38,18 +39,8 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
     let snapshot =
         kube_cluster::backup_snapshot(kube, settings, &request.included_namespaces, request.label_selector.as_deref())
             .await?;
-    let plan = plan_backup(&request, &snapshot).map_err(HandleError::permanent)?;
-    let (volume_timeout, ttl) = durations(&request, &snapshot.settings)?;
-    let jobs = backup_jobs(&backup, &plan.volumes, volume_timeout, &snapshot.settings);
     let now = Utc::now();
-    let planned = BackupPlanned {
-        backup: backup.clone(),
-        request,
-        volumes: plan.volumes,
-        skipped: plan.skipped,
-        jobs: jobs.iter().filter_map(|j| j.metadata.name.clone()).collect(),
-        expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30)),
-    };
+    let (planned, volume_timeout) = planned(request, &snapshot, backup.clone(), now)?;
     let record = BackupRecord::from_plan(&planned, now);
     if let Some(records) = ctx.records() {
         if let Created::Exists(existing) = records.create(&record.backup.name, &record).await? {
@@ -108,6 +99,28 @@ async fn launch(
         }
     }
     publish_completion(ctx, record).await
+}
+
+/// The plan as the `coracle.backup.planned` event carries it, and the per-volume time limit.
+/// Shared with `coracle backup run`, which plans the same way without NATS.
+pub fn planned(
+    request: BackupRequest,
+    snapshot: &ClusterSnapshot,
+    backup: BackupRef,
+    now: DateTime<Utc>,
+) -> Result<(BackupPlanned, Duration), HandleError> {
+    let plan = plan_backup(&request, snapshot).map_err(HandleError::permanent)?;
+    let (volume_timeout, ttl) = durations(&request, &snapshot.settings)?;
+    let jobs = backup_jobs(&backup, &plan.volumes, volume_timeout, &snapshot.settings);
+    let planned = BackupPlanned {
+        backup,
+        request,
+        volumes: plan.volumes,
+        skipped: plan.skipped,
+        jobs: jobs.iter().filter_map(|j| j.metadata.name.clone()).collect(),
+        expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30)),
+    };
+    Ok((planned, volume_timeout))
 }
 
 fn durations(request: &BackupRequest, settings: &Settings) -> Result<(Duration, Duration), HandleError> {

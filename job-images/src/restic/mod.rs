@@ -6,8 +6,10 @@
 //! for messages goes through a [`Scrubber`].
 
 pub mod backup;
+pub mod forget;
 mod init;
 pub mod json;
+pub mod locks;
 pub mod restore;
 pub mod snapshots;
 mod stream;
@@ -160,7 +162,7 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.code == Some(0)
     }
 }
@@ -278,7 +280,7 @@ impl Restic {
         })
     }
 
-    fn failed(&self, command: &str, out: &Output) -> ResticError {
+    pub(crate) fn failed(&self, command: &str, out: &Output) -> ResticError {
         ResticError::Command {
             command: command.to_string(),
             code: out.code,

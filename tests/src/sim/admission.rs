@@ -217,7 +217,10 @@ pub(crate) fn may_call(
     if webhooks::EXEMPT.contains(&res.plural) {
         return Ok(false);
     }
-    Ok(webhooks::hooks(store)?.iter().any(|h| h.rules_match(res, subresource, operation.as_str(), namespace)))
+    let matches = |hooks: Vec<webhooks::Hook>| {
+        hooks.iter().any(|h| h.rules_match(res, subresource, operation.as_str(), namespace))
+    };
+    Ok(matches(webhooks::hooks(store)?) || matches(webhooks::validating_hooks(store)?))
 }
 
 fn is_namespace(res: &ResourceType) -> bool {
@@ -295,6 +298,34 @@ pub(crate) async fn admit(
         }
     }
     Ok(object)
+}
+
+/// Runs validating admission on the object about to be persisted, after mutation: any denial fails the
+/// request; a webhook that cannot be called fails it unless its failurePolicy is Ignore.
+pub(crate) async fn validate(
+    store: &Store,
+    admission: &Admission,
+    attrs: &Attributes<'_>,
+    object: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    if webhooks::EXEMPT.contains(&attrs.res.plural) {
+        return Ok(());
+    }
+    for hook in webhooks::validating_hooks(store)? {
+        if !hook.rules_match(attrs.res, attrs.subresource, attrs.operation.as_str(), attrs.namespace)
+            || !selectors_match(store, &hook, attrs, object)?
+        {
+            continue;
+        }
+        match call(admission, &hook, attrs, object, 0, warnings).await {
+            Ok(_) => {}
+            Err(HookError::Call(_)) if hook.ignores_failures() => {}
+            Err(HookError::Call(message)) => return Err(ApiError::internal(message)),
+            Err(HookError::Denied(err) | HookError::Fatal(err)) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Calls one webhook and records the call: `Some(object)` when its patch changed the object.

@@ -51,10 +51,17 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
+    // Who asked: the bearer token (no authentication here; tests audit each identity's calls).
+    let user = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
     let mut warnings = Vec::new();
     let mut response = dispatch(&state, request, &mut warnings).await.unwrap_or_else(|err| error_response(&err));
     add_warnings(&mut response, &warnings);
-    state.log.record(RecordedRequest { method, path, query, status: response.status().as_u16() });
+    state.log.record(RecordedRequest { method, path, query, status: response.status().as_u16(), user });
     response
 }
 
@@ -391,6 +398,7 @@ async fn create(
         user: &call.user,
     };
     let object = admission::admit(&state.store, &state.admission, &attrs, object, warnings).await?;
+    admission::validate(&state.store, &state.admission, &attrs, &object, warnings).await?;
     state.store.create(res, target.namespace.as_deref(), object, call.dry_run())
 }
 
@@ -428,6 +436,7 @@ async fn update(
             user: &call.user,
         };
         let admitted = admission::admit(store, &state.admission, &attrs, object, warnings).await?;
+        admission::validate(store, &state.admission, &attrs, &admitted, warnings).await?;
         let raced = Cell::new(false);
         let seen = &current["metadata"]["resourceVersion"];
         let result = store.update(res, ns, name, target.status, call.dry_run(), |now| {

@@ -16,7 +16,9 @@
 //! - Only the `/status` subresource is served (no `scale`, `log`, `exec`, `eviction`); the OpenAPI documents
 //!   hold just enough for kubectl to leave validation to the server.
 //! - Mutating admission webhooks are called on creates and updates through the API (see [`admission`] for
-//!   what matches kube-apiserver and what is approximated); there are no validating webhooks.
+//!   what matches kube-apiserver and what is approximated), then validating webhooks, one after another
+//!   rather than in parallel; neither kind's configuration gets API-side defaults or validation beyond
+//!   the mutating one's.
 
 pub mod admission;
 mod api;

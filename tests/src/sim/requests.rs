@@ -12,6 +12,8 @@ pub struct RecordedRequest {
     pub query: String,
     /// The response status code (200 for a watch, which then streams).
     pub status: u16,
+    /// The bearer token the request carried, if any.
+    pub user: Option<String>,
 }
 
 impl RecordedRequest {
@@ -102,6 +104,7 @@ mod tests {
             path: "/api/v1/namespaces/ns/pods".into(),
             query: "labelSelector=app%3Dweb%2Ctier+in+%28a%29&limit=2&watch".into(),
             status: 200,
+            user: None,
         };
         assert_eq!(r.param("labelSelector").as_deref(), Some("app=web,tier in (a)"));
         assert_eq!(r.param("limit").as_deref(), Some("2"));

@@ -54,6 +54,21 @@ pub static RESOURCES: &[ResourceType] = &[
     res("batch", "v1", "CronJob", "cronjobs", NS, STATUS, &["cj"]),
     res("coordination.k8s.io", "v1", "Lease", "leases", NS, NO_STATUS, &[]),
     res("storage.k8s.io", "v1", "StorageClass", "storageclasses", CLUSTER, NO_STATUS, &["sc"]),
+    res("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", NS, STATUS, &["pdb"]),
+    // RBAC objects are stored and served, not enforced (tests audit requests against Coracle's table).
+    res("rbac.authorization.k8s.io", "v1", "Role", "roles", NS, NO_STATUS, &[]),
+    res("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", NS, NO_STATUS, &[]),
+    res("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", CLUSTER, NO_STATUS, &[]),
+    res("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", CLUSTER, NO_STATUS, &[]),
+    res(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        CLUSTER,
+        NO_STATUS,
+        &[],
+    ),
     res(
         "admissionregistration.k8s.io",
         "v1",
@@ -263,7 +278,15 @@ mod tests {
             groups["groups"].as_array().into_iter().flatten().filter_map(|g| g["name"].as_str()).collect();
         assert_eq!(
             group_names,
-            ["apps", "batch", "coordination.k8s.io", "storage.k8s.io", "admissionregistration.k8s.io"]
+            [
+                "apps",
+                "batch",
+                "coordination.k8s.io",
+                "storage.k8s.io",
+                "policy",
+                "rbac.authorization.k8s.io",
+                "admissionregistration.k8s.io"
+            ]
         );
         assert!(api_resource_list("apps", "v2").is_none());
     }

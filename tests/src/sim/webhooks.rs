@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
+    WebhookClientConfig,
 };
 use serde_json::{json, Value};
 
@@ -16,9 +17,10 @@ use super::store::Store;
 use super::validation::dns1123_subdomain;
 
 pub(crate) const PLURAL: &str = "mutatingwebhookconfigurations";
+pub(crate) const VALIDATING_PLURAL: &str = "validatingwebhookconfigurations";
 
 /// Requests on these are never sent to webhooks, so a broken webhook cannot lock its own configuration.
-pub(crate) const EXEMPT: &[&str] = &[PLURAL, "validatingwebhookconfigurations"];
+pub(crate) const EXEMPT: &[&str] = &[PLURAL, VALIDATING_PLURAL];
 
 const OPERATIONS: &[&str] = &["*", "CREATE", "UPDATE", "DELETE", "CONNECT"];
 /// The AdmissionReview versions the simulation can send, in kube-apiserver's order of preference.
@@ -249,18 +251,53 @@ fn rule_matches(
         && listed(&rule.api_versions, res.version)
 }
 
-/// Every webhook of every configuration: configurations by name, webhooks in their order.
-pub(crate) fn hooks(store: &Store) -> Result<Vec<Hook>, ApiError> {
-    let res = resources::by_path("admissionregistration.k8s.io", "v1", PLURAL)
-        .ok_or_else(|| ApiError::internal("the simulation does not serve MutatingWebhookConfigurations"))?;
+/// Every stored configuration of one kind, by name.
+fn configurations<T: serde::de::DeserializeOwned>(store: &Store, plural: &str) -> Result<Vec<(String, T)>, ApiError> {
+    let res = resources::by_path("admissionregistration.k8s.io", "v1", plural)
+        .ok_or_else(|| ApiError::internal(format!("the simulation does not serve {plural}")))?;
     let page = store.list_page(res, None, &LabelSelector::default(), &Default::default(), None, None)?;
-    let mut hooks = Vec::new();
+    let mut out = Vec::new();
     for object in page.items {
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         // Only `Store::modify` can store a configuration the API would refuse; fail loudly then.
-        let config: MutatingWebhookConfiguration = serde_json::from_value(object)
-            .map_err(|e| ApiError::internal(format!("reading MutatingWebhookConfiguration {name:?}: {e}")))?;
+        let config: T = serde_json::from_value(object)
+            .map_err(|e| ApiError::internal(format!("reading {} {name:?}: {e}", res.kind)))?;
+        out.push((name, config));
+    }
+    Ok(out)
+}
+
+/// Every mutating webhook of every configuration: configurations by name, webhooks in their order.
+pub(crate) fn hooks(store: &Store) -> Result<Vec<Hook>, ApiError> {
+    let mut hooks = Vec::new();
+    for (name, config) in configurations::<MutatingWebhookConfiguration>(store, PLURAL)? {
         for (index, spec) in config.webhooks.into_iter().flatten().enumerate() {
+            hooks.push(Hook { configuration: name.clone(), index, spec });
+        }
+    }
+    Ok(hooks)
+}
+
+/// Every validating webhook, in the same shape: a validating webhook is a mutating one that is never
+/// reinvoked and whose answer can only allow or deny.
+pub(crate) fn validating_hooks(store: &Store) -> Result<Vec<Hook>, ApiError> {
+    let mut hooks = Vec::new();
+    for (name, config) in configurations::<ValidatingWebhookConfiguration>(store, VALIDATING_PLURAL)? {
+        for (index, w) in config.webhooks.into_iter().flatten().enumerate() {
+            let spec = MutatingWebhook {
+                admission_review_versions: w.admission_review_versions,
+                client_config: w.client_config,
+                failure_policy: w.failure_policy,
+                match_conditions: w.match_conditions,
+                match_policy: w.match_policy,
+                name: w.name,
+                namespace_selector: w.namespace_selector,
+                object_selector: w.object_selector,
+                reinvocation_policy: None,
+                rules: w.rules,
+                side_effects: w.side_effects,
+                timeout_seconds: w.timeout_seconds,
+            };
             hooks.push(Hook { configuration: name.clone(), index, spec });
         }
     }
