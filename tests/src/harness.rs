@@ -133,6 +133,25 @@ impl Harness {
         Ok(())
     }
 
+    /// The latest event on `subject` stored in the stream, waiting up to `timeout` for one.
+    pub async fn wait_event<T: coracle_events::EventData>(
+        &self,
+        subject: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
+        let js = self.js().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(last) = messages(&js, subject).await?.last() {
+                return Ok(coracle_events::envelope::decode::<T>(last)?.data);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no {subject} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn jobs(&self) -> anyhow::Result<Vec<Job>> {
         self.sim.store().list_as::<Job>(Some(SYSTEM_NAMESPACE))
     }
@@ -210,16 +229,7 @@ impl Harness {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = self.command(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--nats", &self.nats.url()])?;
         cmd.arg("--tls-cert").arg(dir.join("tls.crt")).arg("--tls-key").arg(dir.join("tls.key"));
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        crate::process::die_with_parent(&mut cmd);
-        let guard = ChildGuard(cmd.spawn().context("starting coracle serve")?);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("coracle serve did not listen on {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let guard = crate::process::spawn_listening(cmd, port, "coracle serve").await?;
         self.sim.set_service_endpoint(SYSTEM_NAMESPACE, "coracle", 443, format!("https://127.0.0.1:{port}"));
         let webhook = serde_json::json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",

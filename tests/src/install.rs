@@ -26,7 +26,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// `<workspace>/deploy`.
 pub fn deploy_dir() -> PathBuf {
@@ -339,17 +338,8 @@ impl Installation {
             }
             args[at + 1] = Value::String(format!("127.0.0.1:{port}"));
         }
-        let mut cmd = self.command(h, &template, "coracle-serve")?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        crate::process::die_with_parent(&mut cmd);
-        let guard = ChildGuard(cmd.spawn().context("starting coracle serve")?);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if std::time::Instant::now() > deadline {
-                bail!("coracle serve did not listen on {port}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let cmd = self.command(h, &template, "coracle-serve")?;
+        let guard = crate::process::spawn_listening(cmd, port, "coracle serve").await?;
         let service = find(&self.objects, "Service", "coracle").context("no Service coracle")?;
         let service_port = service["spec"]["ports"][0]["port"].as_u64().context("Service without port")?;
         let service_port = u16::try_from(service_port)?;

@@ -61,6 +61,26 @@ pub fn output_within(child: Child, limit: Duration) -> anyhow::Result<Output> {
     }
 }
 
+/// Starts a server process (output discarded, stopped with the guard or when this process dies)
+/// and waits until it accepts connections on `port` of loopback.
+pub async fn spawn_listening(
+    mut cmd: std::process::Command,
+    port: u16,
+    what: &str,
+) -> anyhow::Result<crate::harness::ChildGuard> {
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    die_with_parent(&mut cmd);
+    let guard = crate::harness::ChildGuard(cmd.spawn().with_context(|| format!("starting {what}"))?);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(guard)
+}
+
 /// Asks the kernel to SIGTERM the child when this process dies, so a crashed test or demo
 /// leaves nothing running.
 pub fn die_with_parent(cmd: &mut std::process::Command) {

@@ -82,21 +82,6 @@ fn request(name: &str, uid: &str, namespaces: &[&str]) -> BackupRequest {
     }
 }
 
-/// The last event on a subject, waiting for one to appear.
-async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, timeout: Duration) -> anyhow::Result<T> {
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(last) = messages(&js, subject).await?.last() {
-            return Ok(decode::<T>(last)?.data);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no {subject} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn count(h: &Harness, subject: &str) -> anyhow::Result<usize> {
     Ok(messages(&h.js().await?, subject).await?.len())
 }
@@ -168,7 +153,7 @@ async fn a_volume_that_fails_once_completes_on_its_retry() -> anyhow::Result<()>
         first.reason
     );
 
-    let done: BackupCompleted = wait_event(&h, subjects::BACKUP_COMPLETED, Duration::from_secs(90)).await?;
+    let done: BackupCompleted = h.wait_event(subjects::BACKUP_COMPLETED, Duration::from_secs(90)).await?;
     assert_eq!(
         (done.phase, done.volumes, done.volumes_completed, done.volumes_failed),
         (BackupPhase::Completed, 1, 1, 0)

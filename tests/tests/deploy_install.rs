@@ -72,20 +72,6 @@ status: {phase: Running}
 const WEB_UID: &str = "51d00000-5555-4555-8555-000000000001";
 const PV: &str = "pvc-51d0-orders";
 
-async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, timeout: Duration) -> anyhow::Result<T> {
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(last) = messages(&js, subject).await?.last() {
-            return Ok(coracle_events::envelope::decode::<T>(last)?.data);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no {subject} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_installation_backs_up_and_restores() -> anyhow::Result<()> {
     if tool("kustomize").is_none() || tool("kubectl").is_none() {
@@ -141,7 +127,7 @@ async fn the_rendered_installation_backs_up_and_restores() -> anyhow::Result<()>
         "shop-1",
     )
     .await?;
-    let done: BackupCompleted = wait_event(&h, subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
+    let done: BackupCompleted = h.wait_event(subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
     assert_eq!((done.phase, done.volumes), (BackupPhase::Completed, 2), "{done:?}");
     assert_eq!(h.snapshots("shop")?.len(), 2, "snapshots under the generated key's namespace password");
     // The backup Jobs run under the ServiceAccount without API access, and mount no token.
@@ -180,7 +166,7 @@ async fn the_rendered_installation_backs_up_and_restores() -> anyhow::Result<()>
     let recreated = h.recreate_pod(&web, None).await?;
     let inits = recreated.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
     assert_eq!(inits.first().map(|c| c.name.as_str()), Some("coracle-restore-wait"), "the webhook injected the helper");
-    let restored: RestoreCompleted = wait_event(&h, subjects::RESTORE_COMPLETED, Duration::from_secs(120)).await?;
+    let restored: RestoreCompleted = h.wait_event(subjects::RESTORE_COMPLETED, Duration::from_secs(120)).await?;
     assert_eq!((restored.phase, restored.volumes_completed), (BackupPhase::Completed, 2), "{restored:?}");
     h.wait_running("shop", "web-0").await?;
     let new_uid = pods.get("web-0").await?.metadata.uid.context("uid")?;

@@ -17,20 +17,6 @@ const WEB_UID: &str = "e1000000-0000-4000-8000-000000000001";
 const WEB_PV: &str = "pvc-9b1f3c2a-web-data";
 const DB0_PV: &str = "pvc-4e7d0b11-data-db-0";
 
-async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, timeout: Duration) -> anyhow::Result<T> {
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(last) = messages(&js, subject).await?.last() {
-            return Ok(coracle_events::envelope::decode::<T>(last)?.data);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no {subject} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_through_admission_and_the_helper_gives_the_data_back() -> anyhow::Result<()> {
     scenario("restore-flow", false).await
@@ -78,7 +64,7 @@ async fn scenario(name: &str, lose_record: bool) -> anyhow::Result<()> {
     let backup =
         BackupRequest { name: "shop-backup".into(), included_namespaces: vec!["shop".into()], ..Default::default() };
     h.request(backup, "shop-backup").await?;
-    let done: BackupCompleted = wait_event(&h, subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
+    let done: BackupCompleted = h.wait_event(subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
     assert_eq!((done.phase, done.volumes), (BackupPhase::Completed, 4), "web data+cache, db-0, db-1: {done:?}");
 
     // 2. Disaster: the pods are deleted and their data is gone.
@@ -127,7 +113,7 @@ async fn scenario(name: &str, lose_record: bool) -> anyhow::Result<()> {
     // 4. The helper holds the app until the data is back; then the pods run.
     let web_running = h.wait_running("shop", &web_name).await?;
     h.wait_running("shop", "db-0").await?;
-    let restored: RestoreCompleted = wait_event(&h, subjects::RESTORE_COMPLETED, Duration::from_secs(60)).await?;
+    let restored: RestoreCompleted = h.wait_event(subjects::RESTORE_COMPLETED, Duration::from_secs(60)).await?;
     assert_eq!((restored.phase, restored.volumes_completed), (BackupPhase::Completed, 3), "{restored:?}");
     let helper = web_running
         .status

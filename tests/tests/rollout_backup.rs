@@ -39,16 +39,7 @@ async fn a_rollout_through_the_validating_webhook_backs_up_the_workload_once() -
 
     // The rollout.
     deployments.patch("web", &PatchParams::default(), &Patch::Merge(restart("2026-11-21T10:01:00Z"))).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let completed = loop {
-        if let Some(last) = messages(&js, subjects::BACKUP_COMPLETED).await?.last() {
-            break decode::<BackupCompleted>(last)?.data;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no backup completed after the rollout");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let completed: BackupCompleted = h.wait_event(subjects::BACKUP_COMPLETED, Duration::from_secs(90)).await?;
     assert!(completed.backup.name.starts_with("backup-on-rollout-web-"), "{completed:?}");
     assert_eq!((completed.phase, completed.volumes), (BackupPhase::Completed, 2), "web data + cache: {completed:?}");
 
