@@ -213,51 +213,49 @@ pub async fn run(client: &kube::Client, opts: &Options, now: DateTime<Utc>) -> R
     };
     let encoded = base64::engine::general_purpose::STANDARD.encode(bundle.as_bytes());
     for name in &opts.mutating_webhooks {
-        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-        let rule = rbac::PATCH_WEBHOOKS;
-        match api.get_opt(name).await.map_err(api_err(rule, format!("reading MutatingWebhookConfiguration {name}")))? {
-            None => return Err(CertgenError::MissingWebhook(name.clone())),
-            Some(config) => {
-                let mut webhooks = serde_json::to_value(config.webhooks.unwrap_or_default()).unwrap_or_default();
-                set_ca_bundles(&mut webhooks, &encoded);
-                let patch = serde_json::json!({
-                    "metadata": {"resourceVersion": config.metadata.resource_version},
-                    "webhooks": webhooks,
-                });
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(api_err(rule, format!("patching MutatingWebhookConfiguration {name}")))?;
-                outcome.patched.push(name.clone());
-            }
+        // The restore webhook is required: a run before `kubectl apply` created it fails and is retried.
+        if !write_ca_bundles::<MutatingWebhookConfiguration>(client, name, rbac::PATCH_WEBHOOKS, &encoded).await? {
+            return Err(CertgenError::MissingWebhook(name.clone()));
         }
+        outcome.patched.push(name.clone());
     }
     for name in &opts.validating_webhooks {
-        let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-        let rule = rbac::PATCH_VALIDATING_WEBHOOKS;
-        match api
-            .get_opt(name)
-            .await
-            .map_err(api_err(rule, format!("reading ValidatingWebhookConfiguration {name}")))?
+        if write_ca_bundles::<ValidatingWebhookConfiguration>(client, name, rbac::PATCH_VALIDATING_WEBHOOKS, &encoded)
+            .await?
         {
-            None => outcome.missing.push(name.clone()),
-            Some(config) => {
-                let mut webhooks = serde_json::to_value(config.webhooks.unwrap_or_default()).unwrap_or_default();
-                set_ca_bundles(&mut webhooks, &encoded);
-                let patch = serde_json::json!({
-                    "metadata": {"resourceVersion": config.metadata.resource_version},
-                    "webhooks": webhooks,
-                });
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(api_err(rule, format!("patching ValidatingWebhookConfiguration {name}")))?;
-                outcome.patched.push(name.clone());
-            }
+            outcome.patched.push(name.clone());
+        } else {
+            outcome.missing.push(name.clone());
         }
     }
     Ok(outcome)
 }
 
 /// Sets `clientConfig.caBundle` (base64) on every webhook of a configuration's `webhooks` list.
+/// Writes `encoded` as the caBundle of every webhook of one (mutating or validating) webhook
+/// configuration, guarded by its resourceVersion; `false` when the configuration does not exist.
+async fn write_ca_bundles<K>(client: &kube::Client, name: &str, rule: Rule, encoded: &str) -> Result<bool, CertgenError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::all(client.clone());
+    let Some(config) = api.get_opt(name).await.map_err(api_err(rule, format!("reading {kind} {name}")))? else {
+        return Ok(false);
+    };
+    let config = serde_json::to_value(&config).unwrap_or_default();
+    let mut webhooks = config.get("webhooks").cloned().unwrap_or_else(|| serde_json::json!([]));
+    set_ca_bundles(&mut webhooks, encoded);
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": config["metadata"]["resourceVersion"]},
+        "webhooks": webhooks,
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err(rule, format!("patching {kind} {name}")))?;
+    Ok(true)
+}
+
 pub fn set_ca_bundles(webhooks: &mut serde_json::Value, encoded: &str) {
     if let Some(list) = webhooks.as_array_mut() {
         for webhook in list {
