@@ -61,7 +61,8 @@ pub async fn run(args: BackupRun) -> anyhow::Result<ExitCode> {
     for skip in &planned.skipped {
         eprintln!("skipped {}/{}/{}: {}", skip.namespace, skip.pod, skip.volume, skip.reason);
     }
-    let jobs = backup_jobs(&planned.backup, &planned.volumes, volume_timeout, &snapshot.settings);
+    let jobs =
+        backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), volume_timeout, &snapshot.settings);
     for job in &jobs {
         let created = kube_cluster::create_job(&client, job).await?;
         let name = job.metadata.name.as_deref().unwrap_or_default();

@@ -49,7 +49,12 @@ fn offline_plan(
         request.volume_timeout.clone().unwrap_or_else(|| snapshot.settings.default_volume_timeout.clone());
     let timeout = crate::duration::parse_duration(&timeout_text)
         .map_err(|e| CliError::Invalid { what: format!("volumeTimeout {timeout_text:?}"), reason: e.to_string() })?;
-    let jobs = backup_jobs(&backup, &plan.volumes, timeout, &snapshot.settings);
+    let ttl_text = request.ttl.clone().unwrap_or_else(|| snapshot.settings.default_ttl.clone());
+    let ttl = crate::duration::parse_duration(&ttl_text)
+        .map_err(|e| CliError::Invalid { what: format!("ttl {ttl_text:?}"), reason: e.to_string() })?;
+    // The snapshots' `expires` tag, counted from now as plan-backup counts it from planning.
+    let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30));
+    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), timeout, &snapshot.settings);
     let names = jobs.iter().filter_map(|j| j.metadata.name.clone()).collect();
     Ok((PlanOutput { backup, volumes: plan.volumes, skipped: plan.skipped, jobs: names }, jobs))
 }

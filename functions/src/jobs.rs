@@ -46,10 +46,12 @@ pub fn restore_job_name(restore_uid: &str, pod_uid: &str) -> String {
     format!("coracle-restore-{}", &hex::encode(digest)[..20])
 }
 
-/// The Jobs for a plan, one per node, ordered by node name.
+/// The Jobs for a plan, one per node, ordered by node name. `expires` (the plan's expiry) is
+/// handed to the Job so its snapshots carry it for `coracle catalog rebuild`.
 pub fn backup_jobs(
     backup: &BackupRef,
     volumes: &[PlannedVolume],
+    expires: Option<chrono::DateTime<chrono::Utc>>,
     volume_timeout: Duration,
     settings: &Settings,
 ) -> Vec<Job> {
@@ -62,15 +64,19 @@ pub fn backup_jobs(
         .map(|(node, vols)| {
             let name = backup_job_name(&backup.uid, node);
             let volumes_json = serde_json::to_string(&vols).unwrap_or_else(|_| "[]".into());
+            let mut env = vec![
+                env_value("CORACLE_BACKUP_NAME", &backup.name),
+                env_value("CORACLE_BACKUP_UID", &backup.uid),
+                env_value("CORACLE_JOB_NAME", &name),
+                env_value("CORACLE_VOLUMES", &volumes_json),
+                env_value("CORACLE_PODS_ROOT", PODS_MOUNT),
+            ];
+            if let Some(expires) = expires {
+                env.push(env_value("CORACLE_BACKUP_EXPIRES", &coracle_volume_job::tags::expires_value(expires)));
+            }
             volume_job(
                 JobShape {
-                    env: vec![
-                        env_value("CORACLE_BACKUP_NAME", &backup.name),
-                        env_value("CORACLE_BACKUP_UID", &backup.uid),
-                        env_value("CORACLE_JOB_NAME", &name),
-                        env_value("CORACLE_VOLUMES", &volumes_json),
-                        env_value("CORACLE_PODS_ROOT", PODS_MOUNT),
-                    ],
+                    env,
                     name,
                     operation: "backup",
                     uid_label: (LABEL_BACKUP_UID, &backup.uid),
@@ -185,54 +191,15 @@ fn volume_job(shape: JobShape<'_>, timeout: Duration, s: &Settings) -> Job {
     if !s.key_generations.is_empty() {
         env.push(env_value("CORACLE_KEY_GENERATIONS", &s.key_generations));
     }
-    let env_from = credentials_env_from(s);
-    let quantity = |q: &str| Quantity(q.to_string());
-    let container = Container {
-        name: shape.operation.into(),
-        image: Some(s.job_image.clone()),
-        image_pull_policy: Some(s.image_pull_policy.clone()),
-        command: Some(vec!["coracle-volume-job".into(), shape.operation.into()]),
-        env: Some(env),
-        env_from,
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), quantity(&s.job_cpu_request)),
-                ("memory".to_string(), quantity(&s.job_memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([
-                ("cpu".to_string(), quantity(&s.job_cpu_limit)),
-                ("memory".to_string(), quantity(&s.job_memory_limit)),
-            ])),
-            ..Default::default()
-        }),
-        // Root with only the capabilities the operation needs (see `JobShape::capabilities`).
-        security_context: Some(SecurityContext {
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: Some(shape.capabilities.iter().map(|c| c.to_string()).collect()),
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "pods".into(),
-                mount_path: shape.mount_path.into(),
-                read_only: Some(shape.read_only),
-                mount_propagation: Some("HostToContainer".into()),
-                ..Default::default()
-            },
-            VolumeMount { name: "cache".into(), mount_path: "/cache".into(), ..Default::default() },
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
-        ]),
-        termination_message_path: Some("/dev/termination-log".into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+    let pods = VolumeMount {
+        name: "pods".into(),
+        mount_path: shape.mount_path.into(),
+        read_only: Some(shape.read_only),
+        mount_propagation: Some("HostToContainer".into()),
         ..Default::default()
     };
+    // Root with only the capabilities the operation needs (see `JobShape::capabilities`).
+    let container = job_container(shape.operation, env, shape.capabilities, vec![pods], s);
     let pod_spec = PodSpec {
         restart_policy: Some("Never".into()),
         service_account_name: Some(s.service_account.clone()),
@@ -387,43 +354,8 @@ pub fn maintenance_job(
     if !s.nats_url.is_empty() {
         env.push(env_value("CORACLE_NATS_URL", &s.nats_url));
     }
-    let quantity = |q: &str| Quantity(q.to_string());
-    let container = Container {
-        name: OPERATION_MAINTAIN.into(),
-        image: Some(s.job_image.clone()),
-        image_pull_policy: Some(s.image_pull_policy.clone()),
-        command: Some(vec!["coracle-volume-job".into(), OPERATION_MAINTAIN.into()]),
-        env: Some(env),
-        env_from: credentials_env_from(s),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), quantity(&s.job_cpu_request)),
-                ("memory".to_string(), quantity(&s.job_memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([
-                ("cpu".to_string(), quantity(&s.job_cpu_limit)),
-                ("memory".to_string(), quantity(&s.job_memory_limit)),
-            ])),
-            ..Default::default()
-        }),
-        // Nothing of the node is read: no capabilities at all.
-        security_context: Some(SecurityContext {
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "cache".into(), mount_path: "/cache".into(), ..Default::default() },
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
-        ]),
-        termination_message_path: Some("/dev/termination-log".into()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
-    };
+    // Nothing of the node is read: no capabilities at all.
+    let container = job_container(OPERATION_MAINTAIN, env, &[], Vec::new(), s);
     let pod_spec = PodSpec {
         restart_policy: Some("Never".into()),
         service_account_name: Some(s.service_account.clone()),
@@ -466,6 +398,59 @@ pub fn maintenance_job(
     }
 }
 
+/// The container every Coracle Job runs: `coracle-volume-job OPERATION` as root with every
+/// capability dropped but `capabilities`, a read-only root filesystem with writable `/cache`
+/// (restic's) and `/tmp`, the configured resources, repository credentials from their Secret, and
+/// the result in the termination message.
+fn job_container(
+    operation: &str,
+    env: Vec<EnvVar>,
+    capabilities: &[&str],
+    mut mounts: Vec<VolumeMount>,
+    s: &Settings,
+) -> Container {
+    let quantity = |q: &str| Quantity(q.to_string());
+    mounts.extend([
+        VolumeMount { name: "cache".into(), mount_path: "/cache".into(), ..Default::default() },
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
+    ]);
+    Container {
+        name: operation.into(),
+        image: Some(s.job_image.clone()),
+        image_pull_policy: Some(s.image_pull_policy.clone()),
+        command: Some(vec!["coracle-volume-job".into(), operation.into()]),
+        env: Some(env),
+        env_from: credentials_env_from(s),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_request)),
+                ("memory".to_string(), quantity(&s.job_memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_string(), quantity(&s.job_cpu_limit)),
+                ("memory".to_string(), quantity(&s.job_memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: (!capabilities.is_empty()).then(|| capabilities.iter().map(|c| c.to_string()).collect()),
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        termination_message_path: Some("/dev/termination-log".into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
 fn env_value(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
@@ -486,10 +471,16 @@ mod tests {
     fn one_indexed_job_per_node_with_deterministic_names() {
         let vols = [volume("a", "node-1"), volume("b", "node-2"), volume("c", "node-1")];
         let s = Settings::default();
-        let jobs = backup_jobs(&backup(), &vols, Duration::from_secs(3600), &s);
+        let expires =
+            chrono::DateTime::parse_from_rfc3339("2026-12-21T00:00:00.25Z").expect("time").with_timezone(&chrono::Utc);
+        let jobs = backup_jobs(&backup(), &vols, Some(expires), Duration::from_secs(3600), &s);
         assert_eq!(jobs.len(), 2);
-        let again = backup_jobs(&backup(), &vols, Duration::from_secs(3600), &s);
+        let again = backup_jobs(&backup(), &vols, Some(expires), Duration::from_secs(3600), &s);
         assert_eq!(jobs, again);
+        let names = |jobs: &[Job]| jobs.iter().map(|j| j.metadata.name.clone()).collect::<Vec<_>>();
+        let later =
+            backup_jobs(&backup(), &vols, Some(expires + chrono::Duration::hours(1)), Duration::from_secs(60), &s);
+        assert_eq!(names(&later), names(&jobs), "names depend on the backup uid and node only");
         let j1 = &jobs[0];
         assert_eq!(j1.metadata.name.as_deref(), Some(backup_job_name(&backup().uid, "node-1").as_str()));
         assert!(j1.metadata.name.as_deref().is_some_and(|n| n.len() <= 63));
@@ -520,15 +511,18 @@ mod tests {
         let vols_env = env.iter().find(|e| e.name == "CORACLE_VOLUMES").and_then(|e| e.value.as_deref());
         let parsed: Vec<PlannedVolume> = serde_json::from_str(vols_env.expect("volumes env")).expect("json");
         assert_eq!(parsed.iter().map(|v| v.pod.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        let expires_env = env.iter().find(|e| e.name == "CORACLE_BACKUP_EXPIRES").and_then(|e| e.value.as_deref());
+        assert_eq!(expires_env, Some("2026-12-21T00:00:00.250Z"), "the snapshots' expires tag");
     }
 
     #[test]
     fn no_secret_value_in_the_spec_and_concurrency_is_capped_by_volume_count() {
         let s = Settings { per_node_concurrency: 4, ..Settings::default() };
-        let jobs = backup_jobs(&backup(), &[volume("a", "n")], Duration::from_secs(60), &s);
+        let jobs = backup_jobs(&backup(), &[volume("a", "n")], None, Duration::from_secs(60), &s);
         let spec = jobs[0].spec.as_ref().expect("spec");
         assert_eq!(spec.parallelism, Some(1));
         let env = spec.template.spec.as_ref().expect("pod").containers[0].env.as_ref().expect("env");
+        assert!(!env.iter().any(|e| e.name == "CORACLE_BACKUP_EXPIRES"), "no expiry known, none set");
         let key = env.iter().find(|e| e.name == "CORACLE_MASTER_KEY").expect("master key env");
         assert!(key.value.is_none(), "the master key must be referenced, never inlined");
         assert_eq!(

@@ -287,6 +287,7 @@ mod tests {
         let mut jobs = crate::jobs::backup_jobs(
             &b,
             &[crate::test_support::empty_dir("shop", "p", "n1"), crate::test_support::empty_dir("media", "q", "n1")],
+            None,
             std::time::Duration::from_secs(60),
             &s,
         );

@@ -154,7 +154,7 @@ async fn backup_volume(
 ) -> Result<Done, JobError> {
     let started = Instant::now();
     validate_volume(volume)?;
-    let tags = tags::snapshot_tags(backup, volume)?;
+    let tags = tags::snapshot_tags(backup, volume, expires(args)?)?;
     let resolved = paths::resolve_planned(&args.pods_root, volume)?;
     tracing::info!(attempt, "backing up {} from {}", volume.key(), resolved.path.display());
     if is_empty_dir(&resolved.path) {
@@ -219,6 +219,16 @@ async fn backup_volume(
         notifier.publish(notify::progress_id(&backup.uid, volume, attempt, run_id, u64::MAX), last).await;
     }
     Ok(Done { snapshot_id, parent, stats: stats(&run), warnings })
+}
+
+/// `CORACLE_BACKUP_EXPIRES`; absent or empty when the Job was not told (older functions).
+fn expires(args: &BackupArgs) -> Result<Option<chrono::DateTime<chrono::Utc>>, JobError> {
+    match args.backup_expires.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => tags::parse_expires(v)
+            .map(Some)
+            .ok_or_else(|| JobError::Settings(format!("CORACLE_BACKUP_EXPIRES must be an RFC 3339 time, not {v:?}"))),
+    }
 }
 
 /// A directory with no entries at all (an unreadable one is left for restic to report).
@@ -549,6 +559,17 @@ mod tests {
         assert!(select_volume(&args(v, "x")).unwrap_err().to_string().contains("not an index"));
         assert!(select_volume(&args("{}", "0")).unwrap_err().to_string().contains("CORACLE_VOLUMES"));
         assert!(select_volume(&BackupArgs::default()).unwrap_err().to_string().contains("JOB_COMPLETION_INDEX"));
+    }
+
+    #[test]
+    fn expiry_setting() {
+        let with = |v: Option<&str>| BackupArgs { backup_expires: v.map(Into::into), ..BackupArgs::default() };
+        assert_eq!(expires(&with(None)).unwrap(), None);
+        assert_eq!(expires(&with(Some(" "))).unwrap(), None);
+        let t = expires(&with(Some("2026-12-21T00:00:00.5Z"))).unwrap().expect("parsed");
+        assert_eq!(tags::expires_value(t), "2026-12-21T00:00:00.500Z");
+        let e = expires(&with(Some("720h"))).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct BackupArgs {
     pub backup_name: Option<String>,
     #[arg(long, env = "CORACLE_BACKUP_UID")]
     pub backup_uid: Option<String>,
+    /// The backup's expiry (RFC 3339), kept as a snapshot tag for `coracle catalog rebuild`.
+    #[arg(long, env = "CORACLE_BACKUP_EXPIRES")]
+    pub backup_expires: Option<String>,
     /// Where the node's kubelet pods directory is mounted.
     #[arg(long, env = "CORACLE_PODS_ROOT", default_value = "/host/pods")]
     pub pods_root: PathBuf,

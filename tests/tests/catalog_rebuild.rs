@@ -1,7 +1,8 @@
 //! Losing NATS state loses no backups: after the KV bucket is deleted, `coracle catalog rebuild`
-//! reconstructs the record from the snapshot tags (idempotently). Then key rotation: the old
-//! password no longer opens the repository, the new generation's does, the data is intact, and the
-//! catalogue is still readable through the rotated key.
+//! reconstructs the record from the snapshot tags and summaries (idempotently), and `coracle
+//! backup describe` shows what it showed before on every field the repository holds. Then key
+//! rotation: the old password no longer opens the repository, the new generation's does, the
+//! data is intact, and the catalogue is still readable through the rotated key.
 
 use anyhow::Context as _;
 use coracle_events::BackupRequest;
@@ -12,28 +13,60 @@ use std::process::Command;
 
 const WEB_PV: &str = "pvc-3f1c9b52-web-data";
 
-/// What the snapshot tags carry of a record (node, statistics, skipped and empty volumes do not
-/// live in restic's tags).
+/// What the repository holds of a record, as `backup describe -o json` prints it. Compared in
+/// full: the backup, the request (name and uid: this test's request has nothing else), the
+/// phase, the expiry, the Job names, and every volume that has a snapshot with its whole
+/// `volume` (node, source, claim, PV, directory, identity...), status, snapshot and parent ids
+/// and statistics.
+///
+/// Not compared, because no repository holds them:
+/// - volumes without a snapshot (an empty volume, here the web pod's `cache` emptyDir; failed
+///   volumes) and the plan's `skipped` list;
+/// - `finished` (when record-result saw the last result, not a restic time);
+/// - `started` exactly (the plan's time; the rebuild has the first snapshot's start, which is
+///   seconds to minutes later, see [`assert_started_close`]) and `durationSeconds` exactly (restic stores the archiving time,
+///   the Job reported it including opening the repository, see [`assert_durations_close`]);
+/// - warnings, and any request field beyond name and uid.
 fn durable(record: &Value) -> Value {
     let volumes: serde_json::Map<String, Value> = record["volumes"]
         .as_object()
         .into_iter()
         .flatten()
-        // An empty volume completes without a snapshot, so no repository knows of it.
         .filter(|(_, v)| v["snapshotId"].as_str().is_some_and(|id| !id.is_empty()))
         .map(|(k, v)| {
-            let vol = &v["volume"];
-            (
-                k.clone(),
-                serde_json::json!({
-                    "status": v["status"], "snapshotId": v["snapshotId"], "namespace": vol["namespace"],
-                    "pod": vol["pod"], "podUid": vol["podUid"], "volume": vol["volume"], "pvc": vol["pvc"],
-                    "pvcUid": vol["pvcUid"], "identity": vol["identity"],
-                }),
-            )
+            let mut v = v.clone();
+            if let Some(stats) = v["stats"].as_object_mut() {
+                stats.remove("durationSeconds");
+            }
+            (k.clone(), v)
         })
         .collect();
-    serde_json::json!({"backup": record["backup"], "phase": record["phase"], "volumes": volumes})
+    serde_json::json!({
+        "backup": record["backup"], "request": record["request"], "phase": record["phase"],
+        "expires": record["expires"], "jobs": record["jobs"], "volumes": volumes,
+    })
+}
+
+fn time(record: &Value, field: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
+    let text = record[field].as_str().with_context(|| format!("{field} in {record:#}"))?;
+    Ok(chrono::DateTime::parse_from_rfc3339(text)?)
+}
+
+/// The rebuilt start is the first snapshot's: after the plan the original was stamped with
+/// (the Jobs start later, seconds here, minutes in a cluster pulling images), before it finished.
+fn assert_started_close(after: &Value, before: &Value) -> anyhow::Result<()> {
+    let rebuilt = time(after, "started")?;
+    assert!(time(before, "started")? <= rebuilt && rebuilt <= time(before, "finished")?, "{after:#}\nvs\n{before:#}");
+    Ok(())
+}
+
+/// restic's backup_end - backup_start against the Job's total, per volume with a snapshot.
+fn assert_durations_close(after: &Value, before: &Value) {
+    for (key, v) in after["volumes"].as_object().into_iter().flatten() {
+        let rebuilt = v["stats"]["durationSeconds"].as_f64().unwrap_or(-1.0);
+        let original = before["volumes"][key]["stats"]["durationSeconds"].as_f64().unwrap_or(-1.0);
+        assert!(rebuilt > 0.0 && (rebuilt - original).abs() < 1.0, "{key}: {rebuilt}s rebuilt vs {original}s");
+    }
 }
 
 fn restic_with(h: &Harness, generation: u32, args: &[&str]) -> std::process::Output {
@@ -55,6 +88,8 @@ async fn rebuild_after_losing_kv_then_rotate_the_key() -> anyhow::Result<()> {
     let nats = h.nats.url();
     h.coracle(&["setup", "nats", "--nats", &nats])?;
     write_file(&h.pv_data_dir(WEB_PV)?.join("index.html"), b"<h1>shop</h1>\n")?;
+    // The media volume (NFS PV, on node-2) has data too, so both nodes and namespaces have snapshots.
+    write_file(&h.pv_data_dir("nfs-media-share")?.join("movies/list.txt"), b"heat\nronin\n")?;
     h.wait_running("shop", "web-6d4cf56db6-x7k2p").await?;
     h.wait_running("media", "files-0").await?;
     h.request(BackupRequest { name: "nightly".into(), ..Default::default() }, "req-nightly").await?;
@@ -65,6 +100,8 @@ async fn rebuild_after_losing_kv_then_rotate_the_key() -> anyhow::Result<()> {
     h.drain("record-result")?;
     let before = h.describe("nightly")?;
     assert_eq!(before["phase"], "Completed");
+    let with_snapshots = durable(&before)["volumes"].as_object().map(|v| v.len());
+    assert_eq!(with_snapshots, Some(2), "web data and media share; the empty cache has none: {before:#}");
 
     // NATS state lost.
     let js = h.js().await?;
@@ -75,6 +112,9 @@ async fn rebuild_after_losing_kv_then_rotate_the_key() -> anyhow::Result<()> {
     assert!(out.contains("1 record(s) rebuilt"), "{out}");
     let after = h.describe("nightly")?;
     assert_eq!(durable(&after), durable(&before), "{after:#}\nvs\n{before:#}");
+    assert_started_close(&after, &before)?;
+    assert_durations_close(&after, &before);
+    assert!(after["volumes"].get("shop/web-6d4cf56db6-x7k2p/cache").is_none(), "no snapshot, not rebuilt");
     let again = h.coracle(&["catalog", "rebuild", "--nats", &nats, "--namespace", "shop", "--namespace", "media"])?;
     assert!(again.contains("0 record(s) rebuilt, 1 already present"), "{again}");
     assert_eq!(h.describe("nightly")?, after, "idempotent");

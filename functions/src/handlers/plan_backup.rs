@@ -94,7 +94,7 @@ async fn launch(
     ctx.emit(&event).await?;
     if !planned.volumes.is_empty() {
         let kube = ctx.kube()?;
-        for job in backup_jobs(&planned.backup, &planned.volumes, volume_timeout, settings) {
+        for job in backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), volume_timeout, settings) {
             kube_cluster::create_job(kube, &job).await?;
         }
     }
@@ -111,14 +111,15 @@ pub fn planned(
 ) -> Result<(BackupPlanned, Duration), HandleError> {
     let plan = plan_backup(&request, snapshot).map_err(HandleError::permanent)?;
     let (volume_timeout, ttl) = durations(&request, &snapshot.settings)?;
-    let jobs = backup_jobs(&backup, &plan.volumes, volume_timeout, &snapshot.settings);
+    let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30));
+    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), volume_timeout, &snapshot.settings);
     let planned = BackupPlanned {
         backup,
         request,
         volumes: plan.volumes,
         skipped: plan.skipped,
         jobs: jobs.iter().filter_map(|j| j.metadata.name.clone()).collect(),
-        expires: now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30)),
+        expires,
     };
     Ok((planned, volume_timeout))
 }

@@ -26,6 +26,39 @@ pub struct Snapshot {
     pub tags: Vec<String>,
     #[serde(default)]
     pub program_version: Option<String>,
+    /// The backup's figures, stored with the snapshot since restic 0.17; `None` before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SnapshotSummary>,
+}
+
+/// The `summary` restic 0.17+ keeps in each snapshot: the same figures `backup --json` printed
+/// at the end of the run, so a lost backup record can get its statistics back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotSummary {
+    #[serde(default)]
+    pub backup_start: Option<DateTime<FixedOffset>>,
+    #[serde(default)]
+    pub backup_end: Option<DateTime<FixedOffset>>,
+    #[serde(default)]
+    pub files_new: u64,
+    #[serde(default)]
+    pub files_changed: u64,
+    #[serde(default)]
+    pub files_unmodified: u64,
+    #[serde(default)]
+    pub total_files_processed: u64,
+    #[serde(default)]
+    pub data_added: u64,
+    #[serde(default)]
+    pub total_bytes_processed: u64,
+}
+
+impl SnapshotSummary {
+    /// Seconds from `backup_start` to `backup_end`, when both are known.
+    pub fn duration_seconds(&self) -> Option<f64> {
+        let (start, end) = (self.backup_start?, self.backup_end?);
+        (end - start).to_std().ok().map(|d| d.as_secs_f64())
+    }
 }
 
 impl Snapshot {
@@ -109,8 +142,29 @@ mod tests {
         assert_eq!(list[0].tag("c"), Some("d"));
         assert_eq!(list[0].tag("x"), None);
         assert_eq!(list[1].parent.as_deref().map(str::len), Some(64));
+        // The summary is 0.17+'s alone.
+        let summary = list[0].summary.as_ref().expect("0.18 stores a summary");
+        assert_eq!(
+            (summary.files_new, summary.files_changed, summary.files_unmodified, summary.total_files_processed),
+            (4, 0, 0, 4)
+        );
+        assert_eq!((summary.data_added, summary.total_bytes_processed), (601_739, 600_003));
+        let duration = summary.duration_seconds().expect("start and end");
+        assert!((duration - 0.622_683_915).abs() < 1e-6, "{duration}");
+        assert_eq!(list[1].summary, None);
         // 09:41:19+01:00 is 08:41:19Z, after 08:41:04Z.
         assert_eq!(newest(list).map(|s| s.short_id), Some(Some("d2d86cb6".into())));
+    }
+
+    #[test]
+    fn a_partial_summary_has_no_duration() {
+        let list = parse_snapshots(
+            r#"[{"id":"x","time":"2026-11-21T08:41:04Z","summary":{"backup_start":"2026-11-21T08:41:04Z","files_new":2,"some_future_field":1}}]"#,
+        )
+        .unwrap();
+        let summary = list[0].summary.as_ref().expect("summary");
+        assert_eq!((summary.files_new, summary.data_added), (2, 0));
+        assert_eq!(summary.duration_seconds(), None);
     }
 
     #[test]
