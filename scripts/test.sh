@@ -17,3 +17,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+bash scripts/fuzz.sh smoke # each fuzz target ~25 s (RELIABILITY.md)

@@ -7,6 +7,7 @@ pub mod consume;
 pub mod duration;
 pub mod envelope;
 pub mod names;
+pub mod nats_auth;
 pub mod publish;
 pub mod redact;
 pub mod subjects;

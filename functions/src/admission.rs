@@ -59,6 +59,10 @@ pub fn parse_review(body: &[u8]) -> Result<Review, (String, String)> {
     if !is_pod || req["operation"] != "CREATE" {
         return Ok(Review::Other { uid });
     }
+    // The patch adds under /metadata and /spec: without them it would not apply (found by fuzzing).
+    if !req["object"]["metadata"].is_object() || !req["object"]["spec"].is_object() {
+        return Err((uid, "request.object is not a Pod: it has no metadata or no spec".into()));
+    }
     let pod: Pod = serde_json::from_value(req["object"].clone())
         .map_err(|e| (uid.clone(), format!("request.object is not a Pod: {e}")))?;
     let namespace = req["namespace"]

@@ -23,7 +23,12 @@ pub struct Nats {
 
 impl Nats {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = async_nats::connect(url).await.map_err(|e| anyhow::anyhow!("connecting to NATS at {url}: {e}"))?;
+        // The URL may carry the component's NATS user and password: never in an error.
+        let shown = coracle_events::redact::redact_url_credentials(url);
+        let client = coracle_events::nats_auth::connect_options(url)
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to NATS at {shown}: {e}"))?;
         let js = async_nats::jetstream::new(client.clone());
         coracle_events::bootstrap::ensure(&js).await?;
         let records = JsonKv::open(&js, KV_BACKUPS, "").await?;

@@ -391,7 +391,9 @@ pub async fn run(command: ScheduleCommand) -> anyhow::Result<ExitCode> {
             }
             let mut states = BTreeMap::new();
             if let Some(url) = &nats {
-                let client = async_nats::connect(url).await.with_context(|| format!("connecting to NATS at {url}"))?;
+                let client = coracle_events::nats_auth::connect_options(url).connect(url).await.with_context(|| {
+                    format!("connecting to NATS at {}", coracle_events::redact::redact_url_credentials(url))
+                })?;
                 let kv = JsonKv::<FireState>::open(&async_nats::jetstream::new(client), KV_SCHEDULES, "").await?;
                 for cm in &configmaps {
                     let Some(n) = cm.metadata.name.as_deref() else { continue };
@@ -429,7 +431,9 @@ pub async fn run(command: ScheduleCommand) -> anyhow::Result<ExitCode> {
             let id = format!("tick-{}", at.format("%Y%m%d%H%M%S"));
             let mut event = CloudEvent::new(id.clone(), "/coracle/cli", None, ScheduleTick {});
             event.time = Some(at);
-            let client = async_nats::connect(&nats).await.with_context(|| format!("connecting to NATS at {nats}"))?;
+            let client = coracle_events::nats_auth::connect_options(&nats).connect(&nats).await.with_context(|| {
+                format!("connecting to NATS at {}", coracle_events::redact::redact_url_credentials(&nats))
+            })?;
             let js = async_nats::jetstream::new(client);
             coracle_events::bootstrap::ensure(&js).await?;
             let published = Publisher::new(js).publish(&event).await?;

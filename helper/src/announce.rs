@@ -59,8 +59,10 @@ pub async fn announce(url: String, event: CloudEvent<RestorePodReady>) {
 }
 
 async fn publish_once(url: &str, event: &CloudEvent<RestorePodReady>) -> Result<bool, String> {
-    let connect =
-        async_nats::ConnectOptions::new().name("coracle-restore-wait").connection_timeout(CONNECT_TIMEOUT).connect(url);
+    let connect = coracle_events::nats_auth::connect_options(url)
+        .name("coracle-restore-wait")
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url);
     let client = match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect).await {
         Ok(Ok(client)) => client,
         Ok(Err(e)) => return Err(format!("NATS unreachable: {}", log::redact_url_credentials(&e.to_string()))),

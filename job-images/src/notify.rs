@@ -45,7 +45,7 @@ impl Notifier {
             return Notifier::disabled(source, subject);
         };
         let shown = redact_url_credentials(url);
-        let connect = async_nats::ConnectOptions::new()
+        let connect = coracle_events::nats_auth::connect_options(url)
             .name("coracle-volume-job")
             .connection_timeout(CONNECT_TIMEOUT)
             .connect(url);

@@ -118,7 +118,18 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With [`NatsServer::start_with_accounts`]: the configuration file and each user's password.
+    accounts: Option<(PathBuf, Vec<(String, String)>)>,
 }
+
+/// The users of `deploy/nats/accounts.conf` and the environment variable holding each one's password.
+pub const ACCOUNT_USERS: [(&str, &str); 5] = [
+    ("coracle-functions", "CORACLE_NATS_FUNCTIONS_PASSWORD"),
+    ("coracle-jobs", "CORACLE_NATS_JOBS_PASSWORD"),
+    ("coracle-restore-wait", "CORACLE_NATS_HELPER_PASSWORD"),
+    ("coracle-triggers", "CORACLE_NATS_TRIGGERS_PASSWORD"),
+    ("coracle-admin", "CORACLE_NATS_ADMIN_PASSWORD"),
+];
 
 impl NatsServer {
     /// Starts nats-server with JetStream on a free port and a fresh store directory, and waits until it
@@ -127,9 +138,44 @@ impl NatsServer {
         let binary = nats_server_binary()?;
         let dir =
             tempfile::Builder::new().prefix("coracle-nats-").tempdir().context("creating the JetStream store dir")?;
-        let mut server = Self { binary, port: free_port()?, dir, child: None };
+        let mut server = Self { binary, port: free_port()?, dir, child: None, accounts: None };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Like [`NatsServer::start`], but with the per-component users of `deploy/nats/accounts.conf`
+    /// (opt-in: every other test runs without authentication), each with a fresh random password
+    /// handed to nats-server through its environment as in a deployment. [`NatsServer::url`] then
+    /// has no credentials; [`NatsServer::url_as`] has a user's.
+    pub fn start_with_accounts() -> anyhow::Result<Self> {
+        let binary = nats_server_binary()?;
+        let dir =
+            tempfile::Builder::new().prefix("coracle-nats-").tempdir().context("creating the JetStream store dir")?;
+        let accounts = workspace_root().join("deploy/nats/accounts.conf");
+        let config = dir.path().join("nats.conf");
+        // nats-server resolves `include` relative to the including file: the file is copied in whole.
+        std::fs::copy(&accounts, &config).with_context(|| format!("copying {}", accounts.display()))?;
+        // nats-server parses a variable's value as a config value: one starting with a digit would
+        // be read as a number, so each password starts with a letter.
+        let users = ACCOUNT_USERS
+            .iter()
+            .map(|(user, _)| (user.to_string(), format!("p{}", uuid::Uuid::new_v4().simple())))
+            .collect();
+        let mut server = Self { binary, port: free_port()?, dir, child: None, accounts: Some((config, users)) };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `nats://USER:PASSWORD@127.0.0.1:<port>` for a user of `deploy/nats/accounts.conf`.
+    pub fn url_as(&self, user: &str) -> anyhow::Result<String> {
+        let (_, users) = self.accounts.as_ref().context("nats-server was started without accounts")?;
+        let (_, password) = users.iter().find(|(u, _)| u == user).with_context(|| format!("no NATS user {user}"))?;
+        Ok(format!("nats://{user}:{password}@127.0.0.1:{}", self.port))
+    }
+
+    /// Every NATS password of this server (for checking that none leaks).
+    pub fn passwords(&self) -> Vec<String> {
+        self.accounts.iter().flat_map(|(_, users)| users.iter().map(|(_, p)| p.clone())).collect()
     }
 
     /// `nats://127.0.0.1:<port>`; the same across [`NatsServer::restart`].
@@ -168,7 +214,14 @@ impl NatsServer {
             .append(true)
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some((config, users)) = &self.accounts {
+            cmd.arg("-c").arg(config);
+            for ((_, variable), (_, password)) in ACCOUNT_USERS.iter().zip(users) {
+                cmd.env(variable, password);
+            }
+        }
+        let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store_dir())
             .stdin(Stdio::null())
