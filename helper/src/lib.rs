@@ -11,6 +11,7 @@ pub use coracle_events::duration;
 pub mod log;
 pub mod markers;
 pub use coracle_events::names;
+pub mod teardown;
 pub mod watch;
 
 /// The exit codes, part of the contract with the admission function and the docs.

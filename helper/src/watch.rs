@@ -80,7 +80,16 @@ struct Waiter<'a> {
 
 /// Waits until every volume has its marker, one has a failure marker, or `timeout` passes.
 pub async fn wait(root: &Root, uid: &str, volumes: &[String], timeout: Duration) -> Outcome {
-    wait_with(root, uid, volumes, timeout, open_inotify()).await
+    let inotify = Inotify::init();
+    // A second descriptor of the instance: closing the stream's then only drops a reference,
+    // and the release itself (a kernel grace period) happens off the exit path.
+    let spare = inotify.as_ref().ok().and_then(|i| rustix::io::fcntl_dupfd_cloexec(i, 0).ok());
+    let stream = inotify.and_then(|i| i.into_event_stream(vec![0u8; EVENT_BUFFER]));
+    let outcome = wait_with(root, uid, volumes, timeout, stream).await;
+    if let Some(fd) = spare {
+        crate::teardown::park(fd);
+    }
+    outcome
 }
 
 /// [`wait`] with the inotify instance given, so that polling can be tested too.
@@ -157,10 +166,6 @@ async fn wait_with(
             }
         }
     }
-}
-
-fn open_inotify() -> io::Result<EventStream<Vec<u8>>> {
-    Inotify::init()?.into_event_stream(vec![0u8; EVENT_BUFFER])
 }
 
 async fn next_event(stream: &mut Option<EventStream<Vec<u8>>>) -> Option<io::Result<inotify::EventOwned>> {
