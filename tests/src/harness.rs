@@ -317,6 +317,30 @@ pub fn tree_digest(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u32, 
 }
 
 /// A child process stopped by pid when dropped.
+/// NATS (stream and buckets ready) and the simulated API server, without nodes: for tests of
+/// functions that plan or publish but run no Jobs.
+pub struct ApiAndNats {
+    pub nats: NatsServer,
+    pub sim: SimServer,
+    pub tmp: tempfile::TempDir,
+    /// The API server's kubeconfig, in `tmp`.
+    pub kubeconfig: PathBuf,
+    pub js: jetstream::Context,
+}
+
+impl ApiAndNats {
+    pub async fn start(name: &str, objects: &str) -> anyhow::Result<Self> {
+        let nats = NatsServer::start()?;
+        let sim = SimServer::start(objects).await?;
+        let tmp = scratch_dir(name)?;
+        let kubeconfig = tmp.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig)?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        coracle_events::bootstrap::ensure(&js).await?;
+        Ok(ApiAndNats { nats, sim, tmp, kubeconfig, js })
+    }
+}
+
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {

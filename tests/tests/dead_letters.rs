@@ -5,16 +5,14 @@
 //! dead-letters it once deliveries run out.
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream;
 use coracle_events::publish::Publisher;
 use coracle_events::{
     subjects, BackupCompleted, BackupPhase, BackupPlanned, BackupRef, BackupRequest, BackupStats, CloudEvent,
     DeadLetter, EventData, PlannedVolume, VolumeBackupCompleted, VolumeSource, MAX_DLQ_PAYLOAD,
 };
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::harness::messages;
+use coracle_tests::binaries::workspace_bin;
+use coracle_tests::harness::{messages, ApiAndNats};
 use coracle_tests::nats::NatsServer;
-use coracle_tests::sim::SimServer;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,13 +68,7 @@ fn envelope(id: &str, ty: &str, data: Value) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_backup_dead_letters_what_it_cannot_handle_and_still_plans_the_valid_request() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(OBJECTS).await?;
-    let tmp = scratch_dir("dead-letters")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let ApiAndNats { nats, sim, tmp: _tmp, kubeconfig, js } = ApiAndNats::start("dead-letters", OBJECTS).await?;
     let publisher = Publisher::new(js.clone());
 
     let garbage = b"\xff\xfe\x00 garbage \x01\x02 not an event".to_vec();
@@ -194,13 +186,8 @@ async fn plan_backup_dead_letters_what_it_cannot_handle_and_still_plans_the_vali
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_result_retries_a_result_without_a_record_then_dead_letters_it() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(OBJECTS).await?;
-    let tmp = scratch_dir("dead-letters-record")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let ApiAndNats { nats, sim: _sim, tmp: _tmp, kubeconfig, js } =
+        ApiAndNats::start("dead-letters-record", OBJECTS).await?;
 
     let backup = BackupRef { name: "never-planned".into(), uid: "0f8fad5b-d9cb-469f-a165-70867728950e".into() };
     let result = VolumeBackupCompleted {

@@ -5,13 +5,10 @@
 //! gets in (the publisher is told); the consumer keeps going and plans the valid request behind them.
 
 use anyhow::Context as _;
-use async_nats::jetstream;
 use coracle_events::publish::Publisher;
 use coracle_events::{subjects, BackupPlanned, BackupRequest, CloudEvent, DeadLetter, EventData, RestoreRequest};
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::harness::messages;
-use coracle_tests::nats::NatsServer;
-use coracle_tests::sim::SimServer;
+use coracle_tests::binaries::workspace_bin;
+use coracle_tests::harness::{messages, ApiAndNats};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -46,13 +43,7 @@ fn envelope(fields: Value) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_events_are_dead_lettered_with_a_reason_and_the_consumer_keeps_going() -> anyhow::Result<()> {
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(OBJECTS).await?;
-    let tmp = scratch_dir("rel-hostile")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let ApiAndNats { nats, sim: _sim, tmp: _tmp, kubeconfig, js } = ApiAndNats::start("rel-hostile", OBJECTS).await?;
     let publisher = Publisher::new(js.clone());
 
     let restore = RestoreRequest { name: "r".into(), backup: "b".into(), ..Default::default() };

@@ -12,8 +12,8 @@ use anyhow::{bail, Context as _};
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use coracle_events::envelope::decode;
 use coracle_events::{subjects, BackupRequest, CloudEvent, ScheduleTick};
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::harness::messages;
+use coracle_tests::binaries::workspace_bin;
+use coracle_tests::harness::{messages, ApiAndNats};
 use coracle_tests::nats::NatsServer;
 use coracle_tests::sim::SimServer;
 use serde_json::json;
@@ -98,13 +98,8 @@ fn fires(after: DateTime<Utc>, upto: DateTime<Utc>) -> anyhow::Result<Vec<DateTi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clocks_five_minutes_off_fire_each_time_once_and_overlapping_schedules_both_fire() -> anyhow::Result<()> {
     let now = Utc::now().duration_trunc(ChronoDuration::seconds(1))?;
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(&objects(now - ChronoDuration::hours(2))).await?;
-    let tmp = scratch_dir("rel-schedules")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let objects = objects(now - ChronoDuration::hours(2));
+    let ApiAndNats { nats, sim, tmp, kubeconfig, js: _ } = ApiAndNats::start("rel-schedules", &objects).await?;
     let s = Setup { nats, _sim: sim, tmp, kubeconfig };
 
     let behind = now - ChronoDuration::minutes(5);

@@ -10,8 +10,8 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use chrono::{DateTime, Duration as TimeDelta, DurationRound, Utc};
 use coracle_events::{envelope::decode, subjects, BackupRequest, CloudEvent, ScheduleTick};
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::harness::messages;
+use coracle_tests::binaries::workspace_bin;
+use coracle_tests::harness::{messages, ApiAndNats};
 use coracle_tests::lambda::LambdaEmulator;
 use coracle_tests::nats::NatsServer;
 use coracle_tests::process;
@@ -92,13 +92,7 @@ struct Setup {
 }
 
 async fn setup(name: &str, objects: &str) -> anyhow::Result<Setup> {
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(objects).await?;
-    let tmp = scratch_dir(name)?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let ApiAndNats { nats, sim, tmp, kubeconfig, js } = ApiAndNats::start(name, objects).await?;
     Ok(Setup { nats, sim, tmp, kubeconfig, js })
 }
 

@@ -9,8 +9,8 @@
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use coracle_events::{envelope::decode, subjects, BackupRequest, CloudEvent, DeadLetter};
-use coracle_tests::binaries::{scratch_dir, workspace_bin};
-use coracle_tests::harness::messages;
+use coracle_tests::binaries::workspace_bin;
+use coracle_tests::harness::{messages, ApiAndNats};
 use coracle_tests::nats::NatsServer;
 use coracle_tests::process;
 use coracle_tests::sim::SimServer;
@@ -47,13 +47,7 @@ async fn setup() -> anyhow::Result<Setup> {
     // The pod the BackOff Event names (JSON is YAML).
     objects.push_str("\n---\n");
     objects.push_str(&repo_file("functions/tests/fixtures/triggers/pod-web.json")?);
-    let nats = NatsServer::start()?;
-    let sim = SimServer::start(&objects).await?;
-    let tmp = scratch_dir("triggers-flow")?;
-    let kubeconfig = tmp.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig)?;
-    let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    coracle_events::bootstrap::ensure(&js).await?;
+    let ApiAndNats { nats, sim, tmp, kubeconfig, js } = ApiAndNats::start("triggers-flow", &objects).await?;
     Ok(Setup { nats, _sim: sim, tmp, kubeconfig, js })
 }
 
