@@ -44,10 +44,12 @@ pub async fn run(args: &RestoreArgs) -> JobResult<RestoreOutcome> {
             let notifier =
                 Notifier::connect(args.job.nats_url.as_deref(), job_source(args.job.job()), Some(restore.name.clone()))
                     .await;
+            // Owned here, not by the restore: a SIGTERM ending the restore still finds it.
+            let mut reservation = None;
             let (target, result) = match prepare(args, &restore, &volume) {
                 Ok(target) => {
                     let result = tokio::select! {
-                        result = restore_into(args, &restore, &volume, &target, attempt) => result,
+                        result = restore_into(args, &restore, &volume, &target, attempt, &mut reservation) => result,
                         signal = job::terminated() => Err(JobError::Terminated(signal)),
                     };
                     (Some(target), result)
@@ -71,7 +73,9 @@ pub async fn run(args: &RestoreArgs) -> JobResult<RestoreOutcome> {
                     let is_final = is_final(attempt, &e);
                     tracing::error!(attempt = attempt.number, is_final, "restore of {} failed: {reason}", volume.key());
                     if is_final {
-                        leave_failure_marker(target.as_deref(), &restore.uid, &reason);
+                        leave_failure_marker(target.as_deref(), reservation, &restore.uid, &reason);
+                    } else if reservation.is_some_and(markers::Reservation::release) {
+                        tracing::info!("the volume is (nearly) full: the marker's reserved room is kept for the retry");
                     }
                     let failed = failed(&restore, volume.clone(), reason, attempt, is_final);
                     notifier.publish(failed.event_id(), failed.clone()).await;
@@ -114,14 +118,23 @@ fn placeholder_volume() -> RestoreVolume {
     }
 }
 
-/// The failure marker lets the pod's helper stop waiting and say why. Without a resolved
-/// volume (or with an unsafe one) there is nowhere safe to put it: the helper then times out.
-fn leave_failure_marker(target: Option<&Path>, uid: &str, reason: &str) {
+/// The failure marker lets the pod's helper stop waiting and say why. It goes into the room
+/// reserved before the restore (which a full volume still has); without a reservation it is
+/// written anew. Without a resolved volume (or with an unsafe one) there is nowhere safe to
+/// put it: the helper then times out.
+fn leave_failure_marker(target: Option<&Path>, reservation: Option<markers::Reservation>, uid: &str, reason: &str) {
     let Some(target) = target else {
         tracing::warn!("no usable volume directory to leave a failure marker in; the pod's helper will time out");
         return;
     };
-    match markers::write_failed(target, uid, reason) {
+    let written = match reservation {
+        Some(reserved) => reserved.write_failed(reason).or_else(|e| {
+            tracing::warn!("{e}; writing the failure marker anew");
+            markers::write_failed(target, uid, reason)
+        }),
+        None => markers::write_failed(target, uid, reason),
+    };
+    match written {
         Ok(path) => tracing::info!("failure marker written: {}", path.display()),
         Err(e) => tracing::error!("{e}; the pod's helper will time out"),
     }
@@ -160,6 +173,7 @@ async fn restore_into(
     volume: &RestoreVolume,
     target: &Path,
     attempt: Attempt,
+    reservation: &mut Option<markers::Reservation>,
 ) -> Result<RestoreStats, JobError> {
     let started = Instant::now();
     tracing::info!(
@@ -180,14 +194,18 @@ async fn restore_into(
         return Ok(RestoreStats { duration_seconds: started.elapsed().as_secs_f64(), ..RestoreStats::default() });
     }
     let restic = job::open_repository(&args.job, &volume.source_namespace).await?;
-    markers::prepare(target)?;
+    // Before restic can fill the volume: room for whichever marker ends the restore.
+    *reservation = Some(markers::reserve(target, &restore.uid)?);
     let options = RestoreOptions { snapshot_id: volume.snapshot_id.clone(), target: target.to_path_buf() };
     let run = restic.restore(&options).await.map_err(JobError::Restic)?;
     judge(&run, target).map_err(JobError::Restore)?;
     let stats = stats(&restic, &run, &volume.snapshot_id, started).await;
 
     let note = format!("restored snapshot {} ({} files, {} bytes)\n", volume.snapshot_id, stats.files, stats.bytes);
-    let marker = markers::write_done(target, &restore.uid, &note)?;
+    let marker = match reservation.take() {
+        Some(reserved) => reserved.write_done(&note)?,
+        None => markers::write_done(target, &restore.uid, &note)?,
+    };
     tracing::info!("marker written: {}", marker.display());
     if let Err(e) = markers::remove_failed(target, &restore.uid) {
         tracing::warn!("cannot remove an earlier attempt's failure marker: {e}");
