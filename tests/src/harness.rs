@@ -34,6 +34,20 @@ pub struct Harness {
 }
 
 /// Writes a file, creating its directories.
+/// Pseudo-random bytes (xorshift64*, fixed seed): restic can neither deduplicate nor compress them.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn write_file(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().context("path has no parent")?)?;
     std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))

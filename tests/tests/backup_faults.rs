@@ -16,7 +16,7 @@ use coracle_events::{
     function_source, subjects, BackupCompleted, BackupPhase, BackupRequest, VolumeBackupCompleted, VolumeBackupFailed,
 };
 use coracle_functions::jobs::backup_job_name;
-use coracle_tests::harness::{messages, snapshot_tags, write_file, Harness, SYSTEM_NAMESPACE};
+use coracle_tests::harness::{messages, noise, snapshot_tags, write_file, Harness, SYSTEM_NAMESPACE};
 use coracle_tests::nats::tools_path;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -57,20 +57,6 @@ async fn write_data(h: &Harness, media_bytes: usize) -> anyhow::Result<()> {
     h.wait_running("media", "files-0").await?;
     write_file(&h.volume_dir("node-1", WEB_UID, "kubernetes.io~empty-dir", "cache")?.join("entry-1"), b"cached\n")?;
     Ok(())
-}
-
-/// Pseudo-random bytes (xorshift64*), so restic can neither deduplicate nor compress them away.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn request(name: &str, uid: &str, namespaces: &[&str]) -> BackupRequest {

@@ -5,7 +5,7 @@
 //! and `coracle backup run` does a whole backup with no NATS at all. Also: `kubectl coracle` as a
 //! kubectl plugin, and clear errors with a failing exit code for bad input.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use coracle_events::subjects;
 use coracle_tests::harness::{messages, snapshot_tags, tree_digest, write_file, Harness};
 use coracle_tests::process::output_within;
@@ -129,13 +129,7 @@ async fn backup_create_wait_watch_and_restore_create_wait() -> anyhow::Result<()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while messages(&js, subjects::RESTORE_PLANNED).await?.is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("restore was never planned");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_event::<coracle_events::RestorePlanned>(subjects::RESTORE_PLANNED, Duration::from_secs(30)).await?;
     h.recreate_pod(&db0, None).await?;
     let out = output_within(restore, LIMIT)?;
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));

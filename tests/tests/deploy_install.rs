@@ -7,9 +7,9 @@
 //! checked against `coracle_functions::rbac` (what the rendered Roles grant).
 //! Skipped, with a message, when kustomize or kubectl is missing (scripts/install-tools.sh).
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, RestoreCompleted, RestoreRequest};
-use coracle_tests::harness::{messages, tree_digest, write_file, Harness};
+use coracle_tests::harness::{tree_digest, write_file, Harness};
 use coracle_tests::install::{deploy_dir, install_rendered, tool};
 use k8s_openapi::api::core::v1::Pod;
 use std::time::Duration;
@@ -153,14 +153,7 @@ async fn the_rendered_installation_backs_up_and_restores() -> anyhow::Result<()>
         ..Default::default()
     };
     h.request_restore(restore, "shop-1-restore").await?;
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while messages(&js, subjects::RESTORE_PLANNED).await?.is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("restore was never planned");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_event::<coracle_events::RestorePlanned>(subjects::RESTORE_PLANNED, Duration::from_secs(60)).await?;
     let labels = store.get("namespaces", "", "shop")?.context("shop")?["metadata"]["labels"].clone();
     assert_eq!(labels["coracle.dev/restore"], "enabled", "plan-restore labelled the namespace for the webhook");
     let recreated = h.recreate_pod(&web, None).await?;

@@ -15,7 +15,7 @@ use coracle_events::envelope::decode;
 use coracle_events::publish::Publisher;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest};
 use coracle_functions::jobs::backup_job_name;
-use coracle_tests::harness::{messages, snapshot_tags, write_file, Harness, SYSTEM_NAMESPACE};
+use coracle_tests::harness::{messages, noise, snapshot_tags, write_file, Harness, SYSTEM_NAMESPACE};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -43,20 +43,6 @@ async fn start(name: &str, backoff_limit_per_index: u32) -> anyhow::Result<Harne
     h.wait_running("media", "files-0").await?;
     write_file(&h.volume_dir("node-1", WEB_UID, "kubernetes.io~empty-dir", "cache")?.join("entry-1"), b"cached\n")?;
     Ok(h)
-}
-
-/// Pseudo-random bytes (xorshift64*): restic can neither deduplicate nor compress them.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn request(name: &str, uid: &str) -> BackupRequest {

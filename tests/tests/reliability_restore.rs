@@ -5,9 +5,9 @@
 //! what failed; the application container never starts on the half-restored (here: empty)
 //! volume; and `coracle.restore.completed` reports the failure with the reason.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, RestoreCompleted, RestoreRequest};
-use coracle_tests::harness::{messages, snapshot_tags, write_file, Harness};
+use coracle_tests::harness::{snapshot_tags, write_file, Harness};
 use k8s_openapi::api::core::v1::Pod;
 use std::time::Duration;
 
@@ -55,14 +55,7 @@ async fn a_failed_restore_job_stops_the_pod_with_the_reason() -> anyhow::Result<
         ..Default::default()
     };
     h.request_restore(restore, "doomed-restore").await?;
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while messages(&js, subjects::RESTORE_PLANNED).await?.is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("restore was never planned");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_event::<coracle_events::RestorePlanned>(subjects::RESTORE_PLANNED, Duration::from_secs(30)).await?;
     let new_web = h.recreate_pod(&web, Some("web-7c9d8f6b5d-")).await?;
     let name = new_web.metadata.name.clone().context("generated name")?;
 

@@ -5,9 +5,9 @@
 //! start-restore when the helper announces itself — have put the data back. The data then
 //! matches byte for byte, with modes and modification times.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, RestoreCompleted, RestoreRequest};
-use coracle_tests::harness::{messages, tree_digest, write_file, Harness};
+use coracle_tests::harness::{tree_digest, write_file, Harness};
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,14 +91,7 @@ async fn scenario(name: &str, lose_record: bool) -> anyhow::Result<()> {
     let restore =
         RestoreRequest { name: "shop-restore".into(), backup: "shop-backup".into(), volumes, ..Default::default() };
     h.request_restore(RestoreRequest { included_namespaces: vec!["shop".into()], ..restore }, "shop-restore").await?;
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while messages(&js, subjects::RESTORE_PLANNED).await?.is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("restore was never planned");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_event::<coracle_events::RestorePlanned>(subjects::RESTORE_PLANNED, Duration::from_secs(30)).await?;
     let new_web = h.recreate_pod(&web, Some("web-7c9d8f6b5d-")).await?;
     let new_db0 = h.recreate_pod(&db0, None).await?;
     let web_name = new_web.metadata.name.clone().context("generated name")?;

@@ -106,14 +106,7 @@ async fn nothing_emitted_during_a_backup_and_restore_holds_a_secret() -> anyhow:
         ..Default::default()
     };
     h.request_restore(restore, "sec-restore").await?;
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while messages(&js, subjects::RESTORE_PLANNED).await?.is_empty() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("restore was never planned");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    h.wait_event::<coracle_events::RestorePlanned>(subjects::RESTORE_PLANNED, Duration::from_secs(30)).await?;
     let new_web = h.recreate_pod(&web, Some("web-7c9d8f6b5d-")).await?;
     let web_name = new_web.metadata.name.clone().context("generated name")?;
     h.wait_running("shop", &web_name).await?;
@@ -123,6 +116,7 @@ async fn nothing_emitted_during_a_backup_and_restore_holds_a_secret() -> anyhow:
 
     // Everything emitted, as (where, text).
     let mut emitted: Vec<(String, String)> = Vec::new();
+    let js = h.js().await?;
     for m in messages(&js, "coracle.>").await? {
         emitted.push(("a NATS message".into(), String::from_utf8_lossy(&m).into_owned()));
     }
