@@ -371,6 +371,13 @@ stringData: {password: hunter2}
             Ok(std::fs::read_to_string(&seen_file).ok().filter(|t| t.ends_with("layout-twin")))
         })
         .await?;
+    // The script writes the inline volume last of the files looked at here; wait for it too.
+    let inline_out = vols.join("kubernetes.io~csi/inline/mount/out");
+    s.cluster
+        .wait_for("the twin to write its inline volume", WAIT, |_| {
+            Ok(std::fs::read_to_string(&inline_out).ok().filter(|t| t.ends_with('\n')))
+        })
+        .await?;
     assert!(seen.starts_with("from the PV\nlevel=debug\nhunter2-----BEGIN CERTIFICATE-----"), "{seen}");
     let config = vols.join("kubernetes.io~configmap/config");
     assert_eq!(std::fs::read_link(config.join("app.conf"))?, Path::new("..data/app.conf"), "atomic-writer layout");
@@ -382,7 +389,7 @@ stringData: {password: hunter2}
     let inline: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(vols.join("kubernetes.io~csi/inline/vol_data.json"))?)?;
     assert_eq!(inline["volumeLifecycleMode"], "Ephemeral");
-    assert_eq!(std::fs::read_to_string(vols.join("kubernetes.io~csi/inline/mount/out"))?, "ok\n");
+    assert_eq!(std::fs::read_to_string(inline_out)?, "ok\n");
     s.finish()
 }
 
