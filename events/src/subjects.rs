@@ -32,4 +32,6 @@ pub const KV_BACKUPS: &str = "coracle-backups";
 pub const KV_RESTORES: &str = "coracle-restores";
 /// KV bucket holding schedule fire state.
 pub const KV_SCHEDULES: &str = "coracle-schedules";
-pub const KV_BUCKETS: [&str; 3] = [KV_BACKUPS, KV_RESTORES, KV_SCHEDULES];
+/// KV bucket holding parent hints: the newest snapshot of each volume identity, per namespace.
+pub const KV_PARENTS: &str = "coracle-parents";
+pub const KV_BUCKETS: [&str; 4] = [KV_BACKUPS, KV_RESTORES, KV_SCHEDULES, KV_PARENTS];

@@ -62,7 +62,8 @@ pub async fn run(args: BackupRun) -> anyhow::Result<ExitCode> {
         eprintln!("skipped {}/{}/{}: {}", skip.namespace, skip.pod, skip.volume, skip.reason);
     }
     let jobs =
-        backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), volume_timeout, &snapshot.settings);
+        // No NATS, no parent hints: each Job looks its parent up in the repository.
+        backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), &Default::default(), volume_timeout, &snapshot.settings);
     for job in &jobs {
         let created = kube_cluster::create_job(&client, job).await?;
         let name = job.metadata.name.as_deref().unwrap_or_default();

@@ -54,7 +54,7 @@ fn offline_plan(
         .map_err(|e| CliError::Invalid { what: format!("ttl {ttl_text:?}"), reason: e.to_string() })?;
     // The snapshots' `expires` tag, counted from now as plan-backup counts it from planning.
     let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30));
-    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), timeout, &snapshot.settings);
+    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), &Default::default(), timeout, &snapshot.settings);
     let names = jobs.iter().filter_map(|j| j.metadata.name.clone()).collect();
     Ok((PlanOutput { backup, volumes: plan.volumes, skipped: plan.skipped, jobs: names }, jobs))
 }

@@ -47,11 +47,13 @@ pub fn restore_job_name(restore_uid: &str, pod_uid: &str) -> String {
 }
 
 /// The Jobs for a plan, one per node, ordered by node name. `expires` (the plan's expiry) is
-/// handed to the Job so its snapshots carry it for `coracle catalog rebuild`.
+/// handed to the Job so its snapshots carry it for `coracle catalog rebuild`; `parents` (volume
+/// identity → snapshot id, see `crate::parents`) saves each hinted volume a restic run.
 pub fn backup_jobs(
     backup: &BackupRef,
     volumes: &[PlannedVolume],
     expires: Option<chrono::DateTime<chrono::Utc>>,
+    parents: &BTreeMap<String, String>,
     volume_timeout: Duration,
     settings: &Settings,
 ) -> Vec<Job> {
@@ -73,6 +75,13 @@ pub fn backup_jobs(
             ];
             if let Some(expires) = expires {
                 env.push(env_value("CORACLE_BACKUP_EXPIRES", &coracle_volume_job::tags::expires_value(expires)));
+            }
+            let hints: BTreeMap<&str, &str> = vols
+                .iter()
+                .filter_map(|v| parents.get(&v.identity).map(|p| (v.identity.as_str(), p.as_str())))
+                .collect();
+            if !hints.is_empty() {
+                env.push(env_value("CORACLE_PARENTS", &serde_json::to_string(&hints).unwrap_or_else(|_| "{}".into())));
             }
             volume_job(
                 JobShape {
@@ -473,13 +482,19 @@ mod tests {
         let s = Settings::default();
         let expires =
             chrono::DateTime::parse_from_rfc3339("2026-12-21T00:00:00.25Z").expect("time").with_timezone(&chrono::Utc);
-        let jobs = backup_jobs(&backup(), &vols, Some(expires), Duration::from_secs(3600), &s);
+        let jobs = backup_jobs(&backup(), &vols, Some(expires), &BTreeMap::new(), Duration::from_secs(3600), &s);
         assert_eq!(jobs.len(), 2);
-        let again = backup_jobs(&backup(), &vols, Some(expires), Duration::from_secs(3600), &s);
+        let again = backup_jobs(&backup(), &vols, Some(expires), &BTreeMap::new(), Duration::from_secs(3600), &s);
         assert_eq!(jobs, again);
         let names = |jobs: &[Job]| jobs.iter().map(|j| j.metadata.name.clone()).collect::<Vec<_>>();
-        let later =
-            backup_jobs(&backup(), &vols, Some(expires + chrono::Duration::hours(1)), Duration::from_secs(60), &s);
+        let later = backup_jobs(
+            &backup(),
+            &vols,
+            Some(expires + chrono::Duration::hours(1)),
+            &BTreeMap::new(),
+            Duration::from_secs(60),
+            &s,
+        );
         assert_eq!(names(&later), names(&jobs), "names depend on the backup uid and node only");
         let j1 = &jobs[0];
         assert_eq!(j1.metadata.name.as_deref(), Some(backup_job_name(&backup().uid, "node-1").as_str()));
@@ -516,9 +531,31 @@ mod tests {
     }
 
     #[test]
+    fn each_job_gets_the_parent_hints_of_its_own_volumes() {
+        let vols = [volume("a", "node-1"), volume("b", "node-2"), volume("c", "node-1")];
+        let id = |c: char| c.to_string().repeat(64);
+        let parents = BTreeMap::from([
+            (vols[0].identity.clone(), id('a')),
+            (vols[1].identity.clone(), id('b')),
+            ("pvc/not-planned".to_string(), id('f')),
+        ]);
+        let jobs = backup_jobs(&backup(), &vols, None, &parents, Duration::from_secs(60), &Settings::default());
+        let hints = |job: &Job| -> Option<BTreeMap<String, String>> {
+            let pod = job.spec.as_ref()?.template.spec.as_ref()?;
+            let env = pod.containers[0].env.as_ref()?;
+            let value = env.iter().find(|e| e.name == "CORACLE_PARENTS")?.value.as_deref()?;
+            Some(serde_json::from_str(value).expect("a JSON object"))
+        };
+        assert_eq!(hints(&jobs[0]), Some(BTreeMap::from([(vols[0].identity.clone(), id('a'))])), "c has none");
+        assert_eq!(hints(&jobs[1]), Some(BTreeMap::from([(vols[1].identity.clone(), id('b'))])));
+        let none = backup_jobs(&backup(), &vols, None, &BTreeMap::new(), Duration::from_secs(60), &Settings::default());
+        assert_eq!(hints(&none[0]), None, "no hints, no variable");
+    }
+
+    #[test]
     fn no_secret_value_in_the_spec_and_concurrency_is_capped_by_volume_count() {
         let s = Settings { per_node_concurrency: 4, ..Settings::default() };
-        let jobs = backup_jobs(&backup(), &[volume("a", "n")], None, Duration::from_secs(60), &s);
+        let jobs = backup_jobs(&backup(), &[volume("a", "n")], None, &BTreeMap::new(), Duration::from_secs(60), &s);
         let spec = jobs[0].spec.as_ref().expect("spec");
         assert_eq!(spec.parallelism, Some(1));
         let env = spec.template.spec.as_ref().expect("pod").containers[0].env.as_ref().expect("env");

@@ -17,6 +17,7 @@ pub mod kv_json;
 pub mod maintenance_cli;
 pub mod master_key;
 pub mod objects;
+pub mod parents;
 pub mod plan_backup;
 pub mod plan_restore;
 pub mod rbac;

@@ -288,6 +288,7 @@ mod tests {
             &b,
             &[crate::test_support::empty_dir("shop", "p", "n1"), crate::test_support::empty_dir("media", "q", "n1")],
             None,
+            &Default::default(),
             std::time::Duration::from_secs(60),
             &s,
         );

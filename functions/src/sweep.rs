@@ -174,7 +174,8 @@ mod tests {
     fn setup() -> (BackupRecord, Job) {
         let backup = BackupRef { name: "b".into(), uid: "u".into() };
         let vols = vec![vol("a"), vol("b"), vol("c")];
-        let job = backup_jobs(&backup, &vols, None, Duration::from_secs(60), &Settings::default()).remove(0);
+        let job = backup_jobs(&backup, &vols, None, &Default::default(), Duration::from_secs(60), &Settings::default())
+            .remove(0);
         let plan = BackupPlanned {
             backup,
             request: BackupRequest::default(),

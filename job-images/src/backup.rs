@@ -170,21 +170,58 @@ async fn backup_volume(
     }
 
     let restic = job::open_repository(&args.job, &volume.namespace).await?;
-    let state = restic
-        .ensure_repository()
-        .await
-        .map_err(|source| JobError::Repository { repository: restic.repository().to_string(), source })?;
-    tracing::info!("repository {}: {state:?}", restic.repository());
+    let reporting = Run { backup, volume, attempt, notifier, started };
+    let options = BackupOptions { workdir: resolved.path.clone(), host: volume.namespace.clone(), tags, parent: None };
+    // Usually one restic run: the planner's hint names the parent. Without a usable hint, a
+    // `snapshots` run finds the parent (and whether the repository exists) first.
+    let hinted = parent_hint(args.parents.as_deref(), &volume.identity);
+    let hinted_run = match &hinted {
+        Some(parent) => {
+            tracing::info!("parent snapshot {parent} (the planner's hint for identity {})", volume.identity);
+            let options = BackupOptions { parent: Some(parent.clone()), ..options.clone() };
+            Some(run_restic(&restic, &options, &reporting).await?)
+        }
+        None => None,
+    };
+    let (parent, run) = match hinted_run {
+        Some(run) if run.found_no_repository() => {
+            tracing::warn!("the repository does not exist although a parent was hinted; creating it");
+            create_repository(&restic).await?;
+            (None, run_restic(&restic, &options, &reporting).await?)
+        }
+        Some(run) if run.parent_unusable() => {
+            tracing::warn!("the hinted parent cannot be loaded (forgotten since?); looking the parent up");
+            let parent = find_parent(&restic, volume).await?;
+            (parent.clone(), run_restic(&restic, &BackupOptions { parent, ..options }, &reporting).await?)
+        }
+        Some(run) => (hinted, run),
+        None => {
+            let parent = find_parent(&restic, volume).await?;
+            (parent.clone(), run_restic(&restic, &BackupOptions { parent, ..options }, &reporting).await?)
+        }
+    };
 
-    let filter = SnapshotFilter::new().host(volume.namespace.clone()).tag(tags::IDENTITY, &volume.identity)?;
-    let parent = restic.latest_snapshot(&filter).await.map_err(JobError::Parent)?.map(|s| s.id);
-    match &parent {
-        Some(p) => tracing::info!("parent snapshot {p} (identity {})", volume.identity),
-        None => tracing::info!("no earlier snapshot of identity {}: full backup", volume.identity),
-    }
+    let (reported_id, warnings) = match judge(&run, &resolved.path) {
+        Verdict::Failed(reason) => return Err(JobError::Backup(reason)),
+        Verdict::Completed { snapshot_id, warnings } => (snapshot_id, warnings),
+    };
+    let snapshot_id = full_snapshot_id(&restic, reported_id, backup, volume, run.code).await?;
+    Ok(Done { snapshot_id, parent, stats: stats(&run), warnings })
+}
 
-    let options =
-        BackupOptions { workdir: resolved.path.clone(), host: volume.namespace.clone(), tags, parent: parent.clone() };
+/// What one volume's restic runs share for their progress events.
+struct Run<'a> {
+    backup: &'a BackupRef,
+    volume: &'a PlannedVolume,
+    attempt: u32,
+    notifier: &'a Notifier,
+    started: Instant,
+}
+
+/// One `restic backup`, publishing its progress (throttled) and, when it ends with a summary,
+/// the final figures.
+async fn run_restic(restic: &Restic, options: &BackupOptions, run: &Run<'_>) -> Result<BackupRun, JobError> {
+    let Run { backup, volume, attempt, notifier, started } = *run;
     let key = volume.key();
     let run_id = unix_millis();
     let (tx, rx) = mpsc::channel(4);
@@ -192,8 +229,8 @@ async fn backup_volume(
         tokio::spawn(publish_progress(notifier.clone(), rx, backup.uid.clone(), volume.clone(), attempt, run_id))
     });
     let mut throttle = Throttle::new(PROGRESS_INTERVAL);
-    let run = restic
-        .backup(&options, |message| {
+    let result = restic
+        .backup(options, |message| {
             if let Message::Status(status) = message {
                 if throttle.ready(Instant::now()) {
                     tracing::debug!(percent = status.percent_done * 100.0, "progress");
@@ -208,17 +245,51 @@ async fn backup_volume(
     if let Some(task) = publishing {
         let _ = tokio::time::timeout(PROGRESS_DRAIN, task).await;
     }
-
-    let (reported_id, warnings) = match judge(&run, &resolved.path) {
-        Verdict::Failed(reason) => return Err(JobError::Backup(reason)),
-        Verdict::Completed { snapshot_id, warnings } => (snapshot_id, warnings),
-    };
-    let snapshot_id = full_snapshot_id(&restic, reported_id, backup, volume, run.code).await?;
-    if let Some(summary) = &run.summary {
+    if let Some(summary) = &result.summary {
         let last = progress::finished(backup, &key, summary, started.elapsed());
         notifier.publish(notify::progress_id(&backup.uid, volume, attempt, run_id, u64::MAX), last).await;
     }
-    Ok(Done { snapshot_id, parent, stats: stats(&run), warnings })
+    Ok(result)
+}
+
+/// The newest snapshot of the volume's identity, creating the repository when there is none.
+async fn find_parent(restic: &Restic, volume: &PlannedVolume) -> Result<Option<String>, JobError> {
+    let filter = SnapshotFilter::new().host(volume.namespace.clone()).tag(tags::IDENTITY, &volume.identity)?;
+    let parent = match restic.latest_snapshot_if_repository(&filter).await.map_err(JobError::Parent)? {
+        Some(newest) => newest.map(|s| s.id),
+        None => {
+            create_repository(restic).await?;
+            None
+        }
+    };
+    match &parent {
+        Some(p) => tracing::info!("parent snapshot {p} (identity {})", volume.identity),
+        None => tracing::info!("no earlier snapshot of identity {}: full backup", volume.identity),
+    }
+    Ok(parent)
+}
+
+async fn create_repository(restic: &Restic) -> Result<(), JobError> {
+    let state = restic
+        .create_repository()
+        .await
+        .map_err(|source| JobError::Repository { repository: restic.repository().to_string(), source })?;
+    tracing::info!("repository {}: {state:?}", restic.repository());
+    Ok(())
+}
+
+/// The planner's parent for this identity (`CORACLE_PARENTS`: identity → snapshot id). Only a
+/// full snapshot id is used: anything else in the hint is ignored, never handed to restic.
+pub fn parent_hint(parents: Option<&str>, identity: &str) -> Option<String> {
+    let parents = parents.map(str::trim).filter(|p| !p.is_empty())?;
+    let map: std::collections::BTreeMap<String, String> = match serde_json::from_str(parents) {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::warn!("CORACLE_PARENTS is not a JSON object of strings ({e}); looking parents up");
+            return None;
+        }
+    };
+    map.get(identity).filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).cloned()
 }
 
 /// `CORACLE_BACKUP_EXPIRES`; absent or empty when the Job was not told (older functions).

@@ -159,6 +159,10 @@ pub struct BackupArgs {
     /// Where the node's kubelet pods directory is mounted.
     #[arg(long, env = "CORACLE_PODS_ROOT", default_value = "/host/pods")]
     pub pods_root: PathBuf,
+    /// JSON object: volume identity → the snapshot to use as restic's parent (the planner's hints;
+    /// without one the Job looks the parent up in the repository).
+    #[arg(long, env = "CORACLE_PARENTS")]
+    pub parents: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]

@@ -164,6 +164,90 @@ fn backup_and_incremental_after_pod_recreation_restic_014() {
     }
 }
 
+/// `restic` wrapped by a script that logs each run's subcommand, to count restic runs.
+fn counted_restic(restic: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let log = dir.join("restic-runs.log");
+    let script = dir.join("restic-counted");
+    let body = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in -*|[0-9]*s) ;; *) echo \"$a\" >> '{}'; break;; esac; done\nexec '{}' \"$@\"\n",
+        log.display(),
+        restic.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+/// The subcommands restic ran since the last call that open the repository (the log is
+/// emptied). `restic version` (asked once per Job for its features) opens nothing and is cheap.
+fn runs(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    text.lines().filter(|l| *l != "version").map(str::to_string).collect()
+}
+
+/// The planner's parent hint (`CORACLE_PARENTS`) makes a backup one restic run; a hint naming a
+/// forgotten snapshot, or a repository that does not exist, falls back to looking up / creating.
+fn parent_hints(restic: &Path) {
+    let f = Fixture::new(restic);
+    let label = version(restic);
+    // restic 0.14 reports short ids: the Job asks `snapshots` for the full one afterwards.
+    let resolve: &[&str] = if label.contains("0.14") { &["snapshots"] } else { &[] };
+    let (counted, log) = counted_restic(restic, &f.root);
+    let counted = counted.to_str().unwrap();
+    f.csi_volume(POD_UID_1);
+    let volumes = vec![f.volume("db-0", POD_UID_1)];
+    let identity = format!("pvc:{PVC_UID}");
+    let hint = |id: &str| serde_json::json!({ identity.clone(): id }).to_string();
+
+    // No repository, no hint: one `snapshots` finds neither, the repository is created, backup.
+    let first = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted)]);
+    let c1 = first.completed().clone();
+    assert_eq!(runs(&log), [&["snapshots", "init", "backup"][..], resolve].concat(), "{label}");
+
+    // The hint names the parent: restic runs once.
+    std::fs::write(f.csi_mount(POD_UID_1, "pv-1").join("a.txt"), "changed\n").unwrap();
+    let second = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_PARENTS", &hint(&c1.snapshot_id))]);
+    let c2 = second.completed().clone();
+    assert_eq!(c2.parent_snapshot.as_deref(), Some(c1.snapshot_id.as_str()), "{label}");
+    assert_eq!((c2.stats.files_changed, c2.stats.files_unmodified), (1, 1), "{label}: {:?}", c2.stats);
+    assert_eq!(runs(&log), [&["backup"][..], resolve].concat(), "{label}: {}", second.stderr);
+
+    // A hint naming a snapshot that is gone: the parent is looked up, and it is the newest.
+    let gone = "f".repeat(64);
+    let third = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_PARENTS", &hint(&gone))]);
+    let c3 = third.completed().clone();
+    assert_eq!(c3.parent_snapshot.as_deref(), Some(c2.snapshot_id.as_str()), "{label}: {}", third.stderr);
+    assert_eq!(runs(&log), [&["backup", "snapshots", "backup"][..], resolve].concat(), "{label}");
+
+    // Not a hint for this identity, or not a full id, or not JSON: looked up as without hints.
+    for parents in [r#"{"pvc:other": "%"}"#.replace('%', &c1.snapshot_id), hint("abc"), "not json".to_string()] {
+        let run = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_PARENTS", &parents)]);
+        assert!(run.completed().parent_snapshot.is_some(), "{label}: {parents}");
+        assert_eq!(runs(&log), [&["snapshots", "backup"][..], resolve].concat(), "{label}: {parents}");
+    }
+
+    // A hint, but the repository is gone (deleted by hand): it is created again, full backup.
+    std::fs::remove_dir_all(f.repo("shop")).unwrap();
+    let fourth = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_PARENTS", &hint(&c3.snapshot_id))]);
+    assert_eq!(fourth.completed().parent_snapshot, None, "{label}: {}", fourth.stderr);
+    assert_eq!(runs(&log), [&["backup", "init", "backup"][..], resolve].concat(), "{label}");
+    assert_eq!(snapshots_json(restic, &f.repo("shop"), &password()).len(), 1);
+}
+
+#[test]
+fn parent_hints_restic() {
+    parent_hints(&restic());
+}
+
+#[test]
+fn parent_hints_restic_014() {
+    if let Some(old) = restic_014("parent_hints_restic_014") {
+        parent_hints(&old);
+    }
+}
+
 /// restic exits 3 for real (files it cannot read): completed with warnings, exit code 0.
 fn unreadable_files_complete_with_warnings(restic: &Path, test: &str) {
     let f = Fixture::new(restic);

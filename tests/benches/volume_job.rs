@@ -5,15 +5,15 @@
 //!   random files, medium random files and many small text files. Per repetition, fresh
 //!   repositories: the job binary's first backup (it initialises the repository, as in a
 //!   cluster) against `restic init` + `restic backup` run directly; then ~1% of the files change
-//!   and each does its incremental backup (restic finds its parent by path, the job by
-//!   identity). Wall ratio = median job / median restic. The job binary's own peak memory is its
+//!   and each does its incremental backup (restic finds its parent by path; the job is given
+//!   it as plan-backup gives it, a parent hint recorded from the first backup's result). Wall ratio = median job / median restic. The job binary's own peak memory is its
 //!   `VmHWM`, sampled while it runs (restic, its child, is not counted).
 //! - **B6** 8 volumes of DATA_MB/8 each on one node, backed up by 8 job processes of which at
 //!   most 1, 2 or 4 run at once (an Indexed Job's `parallelism`), into one namespace repository
 //!   (initialised beforehand, emptied between runs). Speed-up = wall(1) / wall(c).
 //! - **B7** the B5 volume after its pod was re-created: the pod directory moves to a new pod uid
 //!   (a PVC's data is the same inodes, bind-mounted at a new path). Timed: the job binary (parent
-//!   found by identity tag) against `restic backup` run directly in the new directory with
+//!   by identity: plan-backup's hint for the PVC's identity) against `restic backup` run directly in the new directory with
 //!   restic's default parent choice (same host and same paths: none, so every file is read and
 //!   hashed again), each against its own copy of the repository holding the first snapshot.
 //!
@@ -171,6 +171,20 @@ impl Site {
 
     /// `coracle-volume-job backup` for index `index` of `volumes`, repositories under `prefix`.
     fn job(&self, prefix: &Path, cache: &Path, volumes: &[PlannedVolume], index: usize, name: &str) -> Command {
+        self.hinted_job(prefix, cache, volumes, index, name, None)
+    }
+
+    /// The same with plan-backup's parent hint for the volume (`CORACLE_PARENTS`), as a Job gets it
+    /// once the previous backup of its identity is recorded.
+    fn hinted_job(
+        &self,
+        prefix: &Path,
+        cache: &Path,
+        volumes: &[PlannedVolume],
+        index: usize,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Command {
         let mut cmd = Command::new(&self.job);
         cmd.arg("backup")
             .env_clear()
@@ -187,7 +201,16 @@ impl Site {
             .env("CORACLE_BACKUP_UID", BACKUP_UID)
             .env("CORACLE_PODS_ROOT", self.pods())
             .env("CORACLE_LOG", "warn");
+        if let (Some(parent), Some(volume)) = (parent, volumes.get(index)) {
+            cmd.env("CORACLE_PARENTS", json!({ volume.identity.clone(): parent }).to_string());
+        }
         cmd
+    }
+
+    /// The snapshot a finished job index reported.
+    fn snapshot(&self, name: &str, index: usize) -> anyhow::Result<String> {
+        let t = self.termination(name, index)?;
+        find(&t, "snapshotId").and_then(Value::as_str).map(str::to_string).context(format!("no snapshot id: {t}"))
     }
 
     fn termination(&self, name: &str, index: usize) -> anyhow::Result<Value> {
@@ -279,7 +302,9 @@ fn main() -> anyhow::Result<()> {
         modify(&mount, rep)?;
         for job_turn in order {
             if job_turn {
-                let (m, _) = measure(&mut site.job(&jprefix, &jcache, &vols, 0, &format!("b5-incr-{rep}")), true)?;
+                let parent = site.snapshot(&format!("b5-first-{rep}"), 0)?;
+                let mut job = site.hinted_job(&jprefix, &jcache, &vols, 0, &format!("b5-incr-{rep}"), Some(&parent));
+                let (m, _) = measure(&mut job, true)?;
                 job_incr.push(secs(m.wall));
                 own_mem.extend(m.own_hwm_kib);
                 let t = site.termination(&format!("b5-incr-{rep}"), 0)?;
@@ -319,6 +344,7 @@ fn main() -> anyhow::Result<()> {
     copy_tree(&c_job, &c_restic)?;
     let (mut with_identity, mut path_based) = (vec![], vec![]);
     let mut current = uid_a.clone();
+    let mut parent = site.snapshot("b7-base", 0)?;
     for rep in 0..reps {
         // The pod is re-created: same PVC (same data, same inodes), new pod uid.
         let next = pod_uid(100 + rep as u32);
@@ -330,10 +356,15 @@ fn main() -> anyhow::Result<()> {
         let order = if rep % 2 == 0 { [true, false] } else { [false, true] };
         for job_turn in order {
             if job_turn {
-                let (m, _) = measure(&mut site.job(&p_job, &c_job, std::slice::from_ref(&volume), 0, &name), false)?;
+                let volumes = std::slice::from_ref(&volume);
+                let (m, _) = measure(&mut site.hinted_job(&p_job, &c_job, volumes, 0, &name, Some(&parent)), false)?;
                 with_identity.push(secs(m.wall));
                 let t = site.termination(&name, 0)?;
-                ensure!(find(&t, "parentSnapshot").is_some_and(|p| p.is_string()), "no identity parent: {t}");
+                ensure!(
+                    find(&t, "parentSnapshot").and_then(Value::as_str) == Some(&parent),
+                    "not the hinted parent: {t}"
+                );
+                parent = site.snapshot(&name, 0)?;
             } else {
                 let repo = p_restic.join(NAMESPACE);
                 let (m, out) = measure(

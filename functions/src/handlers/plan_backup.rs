@@ -9,7 +9,8 @@ use crate::context::Context;
 use crate::handlers::record_result::publish_completion;
 use crate::jobs::backup_jobs;
 use crate::kube_cluster;
-use crate::kv_json::Created;
+use crate::kv_json::{Created, JsonKv};
+use crate::parents::{self, NamespaceParents};
 use crate::plan_backup::plan_backup;
 use crate::record::{BackupRecord, RecordPhase};
 use crate::request::parse_backup_request;
@@ -17,7 +18,9 @@ use crate::settings::Settings;
 use crate::snapshot::ClusterSnapshot;
 use chrono::{DateTime, Utc};
 use coracle_events::consume::HandleError;
-use coracle_events::{function_source, BackupPlanned, BackupRef, BackupRequest, CloudEvent};
+use coracle_events::subjects::KV_PARENTS;
+use coracle_events::{function_source, BackupPlanned, BackupRef, BackupRequest, CloudEvent, PlannedVolume};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const NAME: &str = "plan-backup";
@@ -94,11 +97,26 @@ async fn launch(
     ctx.emit(&event).await?;
     if !planned.volumes.is_empty() {
         let kube = ctx.kube()?;
-        for job in backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), volume_timeout, settings) {
+        let parents = parent_hints(ctx, &planned.volumes).await;
+        let jobs =
+            backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), &parents, volume_timeout, settings);
+        for job in jobs {
             kube_cluster::create_job(kube, &job).await?;
         }
     }
     publish_completion(ctx, record).await
+}
+
+/// Each volume's newest snapshot, when NATS holds hints (see `crate::parents`); none otherwise.
+async fn parent_hints(ctx: &Context, volumes: &[PlannedVolume]) -> BTreeMap<String, String> {
+    let Some(nats) = &ctx.nats else { return BTreeMap::new() };
+    match JsonKv::<NamespaceParents>::open(&nats.js, KV_PARENTS, "").await {
+        Ok(kv) => parents::lookup(&kv, volumes).await,
+        Err(e) => {
+            tracing::warn!("parent hints not read ({e}); the Jobs look their parents up");
+            BTreeMap::new()
+        }
+    }
 }
 
 /// The plan as the `coracle.backup.planned` event carries it, and the per-volume time limit.
@@ -112,7 +130,8 @@ pub fn planned(
     let plan = plan_backup(&request, snapshot).map_err(HandleError::permanent)?;
     let (volume_timeout, ttl) = durations(&request, &snapshot.settings)?;
     let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30));
-    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), volume_timeout, &snapshot.settings);
+    // Only the Jobs' names are needed here; hints are looked up when the Jobs are created.
+    let jobs = backup_jobs(&backup, &plan.volumes, Some(expires), &BTreeMap::new(), volume_timeout, &snapshot.settings);
     let planned = BackupPlanned {
         backup,
         request,

@@ -46,6 +46,34 @@ pub struct BackupRun {
     pub text_tail: String,
 }
 
+impl BackupRun {
+    /// restic's fatal message: 0.17+'s `exit_error`, and the plain-text tail (all 0.14 gives).
+    fn fatal_text(&self) -> String {
+        let exit = self.exit_error.as_ref().map(|e| e.message.as_str()).unwrap_or_default();
+        format!("{exit}\n{}", self.text_tail)
+    }
+
+    /// Stopped before reading a file (no summary, a fatal exit code).
+    fn stopped_early(&self) -> bool {
+        self.summary.is_none() && !matches!(self.code, Some(0) | Some(3))
+    }
+
+    /// The repository does not exist yet.
+    pub fn found_no_repository(&self) -> bool {
+        self.stopped_early() && super::says_repository_missing(self.code, &self.fatal_text())
+    }
+
+    /// The `--parent` given cannot be loaded (forgotten since the hint was recorded). Wording of
+    /// 0.14 ("invalid id … no matching ID found") and 0.17+ ("failed to load snapshot …").
+    pub fn parent_unusable(&self) -> bool {
+        let text = self.fatal_text();
+        self.stopped_early()
+            && ["no matching ID found", "failed to load snapshot", "invalid id", "unable to load parent"]
+                .iter()
+                .any(|m| text.contains(m))
+    }
+}
+
 impl Restic {
     /// Runs `restic backup`, calling `on_message` for every parsed line (status lines drive
     /// progress events). Returns once restic has exited; the exit code is not judged here.

@@ -48,6 +48,12 @@ impl Restic {
         if self.config_state().await? == ConfigState::Exists {
             return Ok(RepositoryState::Existed);
         }
+        self.create_repository().await
+    }
+
+    /// Creates the repository another restic command just found missing (see
+    /// [`says_repository_missing`]), without asking again; racing Jobs are handled as above.
+    pub async fn create_repository(&self) -> Result<RepositoryState, ResticError> {
         match self.repository() {
             Repository::Local(path) => self.init_local(path).await,
             Repository::Remote(_) => self.init_in_place(true).await,
@@ -61,16 +67,7 @@ impl Restic {
             return Ok(ConfigState::Exists);
         }
         let err = out.stderr.as_str();
-        // 0.17+ exits 10; 0.14 exits 1 and only says so in text, differently per backend.
-        let missing = out.code == Some(10)
-            || [
-                "repository does not exist",
-                "Is there a repository at the following location?",
-                "unable to open config file",
-            ]
-            .iter()
-            .any(|m| err.contains(m));
-        if missing {
+        if says_repository_missing(out.code, err) {
             return Ok(ConfigState::Missing);
         }
         if ["is damaged", "ciphertext verification failed", "config cannot be loaded"].iter().any(|m| err.contains(m)) {
@@ -154,6 +151,19 @@ impl Restic {
             detail: format!("repository {} still has no config", self.repository()),
         })
     }
+}
+
+/// Whether a failed restic command (exit code and what it printed) found no repository at all:
+/// 0.17+ exits 10; 0.14 exits 1 and only says so in text, differently per backend.
+pub fn says_repository_missing(code: Option<i32>, text: &str) -> bool {
+    code == Some(10)
+        || [
+            "repository does not exist",
+            "Is there a repository at the following location?",
+            "unable to open config file",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// Low bits of the clock mixed with the pid: enough to separate racers, no RNG needed.

@@ -15,7 +15,7 @@ pub mod snapshots;
 mod stream;
 
 pub use backup::{BackupOptions, BackupRun};
-pub use init::RepositoryState;
+pub use init::{says_repository_missing, RepositoryState};
 pub use restore::{RestoreOptions, RestoreRun};
 pub use snapshots::{Snapshot, SnapshotFilter};
 
@@ -301,14 +301,17 @@ impl Restic {
 
     /// `restic snapshots --json` with a filter.
     pub async fn snapshots(&self, filter: &SnapshotFilter) -> Result<Vec<Snapshot>, ResticError> {
-        let mut args = vec!["snapshots".to_string(), "--json".to_string()];
-        args.extend(filter.args());
-        let out = self.output(&args).await?;
+        let out = self.snapshots_output(filter).await?;
         if !out.success() {
             return Err(self.failed("snapshots", &out));
         }
-        snapshots::parse_snapshots(&out.stdout)
-            .map_err(|e| ResticError::Output { command: "snapshots".into(), reason: e.to_string() })
+        parse_listed(&out)
+    }
+
+    async fn snapshots_output(&self, filter: &SnapshotFilter) -> Result<Output, ResticError> {
+        let mut args = vec!["snapshots".to_string(), "--json".to_string()];
+        args.extend(filter.args());
+        self.output(&args).await
     }
 
     /// The newest snapshot matching a filter.
@@ -316,11 +319,32 @@ impl Restic {
         Ok(snapshots::newest(self.snapshots(filter).await?))
     }
 
+    /// Like [`Restic::latest_snapshot`], but `Ok(None)` when the repository does not exist yet: one
+    /// restic run both checks the repository and finds a backup's parent.
+    pub async fn latest_snapshot_if_repository(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<Option<Option<Snapshot>>, ResticError> {
+        let out = self.snapshots_output(filter).await?;
+        if out.success() {
+            return Ok(Some(snapshots::newest(parse_listed(&out)?)));
+        }
+        if init::says_repository_missing(out.code, &out.stderr) {
+            return Ok(None);
+        }
+        Err(self.failed("snapshots", &out))
+    }
+
     /// The snapshot with this id or unique id prefix (e.g. restic 0.14's short ids).
     pub async fn find_snapshot(&self, id: &str) -> Result<Option<Snapshot>, ResticError> {
         let found = self.snapshots(&SnapshotFilter::new().id(id)).await?;
         Ok(found.into_iter().find(|s| s.id.starts_with(id)))
     }
+}
+
+fn parse_listed(out: &Output) -> Result<Vec<Snapshot>, ResticError> {
+    snapshots::parse_snapshots(&out.stdout)
+        .map_err(|e| ResticError::Output { command: "snapshots".into(), reason: e.to_string() })
 }
 
 /// restic's own words about a failure: 0.17+'s `exit_error`, else the tail of its plain-text
