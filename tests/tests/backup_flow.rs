@@ -14,6 +14,7 @@ use coracle_functions::jobs::backup_job_name;
 use coracle_tests::harness::{messages, snapshot_tags, write_file, Harness};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 const WEB_UID: &str = "3e9f6a52-5555-4555-8555-000000000001";
 const WEB_UID_2: &str = "3e9f6a52-5555-4555-8555-000000000003";
@@ -96,6 +97,10 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     assert_eq!(t.get("identity").cloned(), Some(format!("pvc/{WEB_PVC_UID}")));
     assert_eq!(data_snap["hostname"], "shop");
     let data_id = data_snap["id"].as_str().context("id")?.to_string();
+    // The completed backup's snapshots are the parent hints of the next one.
+    let hints = parent_hints(&js, "shop").await?;
+    assert_eq!(hints.get(&format!("pvc/{WEB_PVC_UID}")).map(String::as_str), Some(data_id.as_str()), "{hints:?}");
+    assert_eq!(hints.len(), 2, "both shop volumes: {hints:?}");
     assert_eq!(flow.restic("shop", &["dump", &data_id, "/index.html"])?, "<h1>shop</h1>\n");
     let listing = flow.restic("shop", &["ls", &data_id])?;
     assert!(!listing.contains("vol_data.json"), "only the CSI mount directory is backed up:\n{listing}");
@@ -169,6 +174,12 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     flow.request(request("nightly-2"), "req-nightly-2").await?;
     flow.drain("plan-backup")?;
     let second_uid = flow.describe("nightly-2")?["backup"]["uid"].as_str().context("uid")?.to_string();
+    // plan-backup handed the Job on node-1 the first backup's snapshot as the PVC's parent.
+    let job = flow.jobs()?.into_iter().find(|j| j.metadata.name == Some(backup_job_name(&second_uid, "node-1")));
+    let env = job.and_then(|j| j.spec?.template.spec?.containers.first()?.env.clone()).context("job env")?;
+    let given = env.iter().find(|e| e.name == "CORACLE_PARENTS").and_then(|e| e.value.clone()).context("hints")?;
+    let given: BTreeMap<String, String> = serde_json::from_str(&given)?;
+    assert_eq!(given.get(&format!("pvc/{WEB_PVC_UID}")), Some(&data_id), "{given:?}");
     flow.run_jobs_of(&second_uid).await?;
     flow.drain("record-result")?;
     assert_eq!(flow.describe("nightly-2")?["phase"], "Completed");
@@ -187,6 +198,19 @@ async fn backup_flow_end_to_end_with_duplicates_and_a_recreated_pod() -> anyhow:
     assert_eq!(data2["parent"].as_str(), Some(data_id.as_str()), "the PVC's chain survives pod re-creation");
     assert_eq!(second("cache")?["parent"].as_str(), Some(cache_id.as_str()), "so does the emptyDir's");
     assert_eq!(flow.restic("shop", &["dump", data2["id"].as_str().context("id")?, "/new.txt"])?, "added later\n");
+    let hints = parent_hints(&js, "shop").await?;
+    assert_eq!(hints.get(&format!("pvc/{WEB_PVC_UID}")).map(String::as_str), data2["id"].as_str(), "the newer wins");
     drop(flow);
     Ok(())
+}
+
+/// The parent hints plan-backup reads for a namespace (identity → snapshot id).
+async fn parent_hints(
+    js: &async_nats::jetstream::Context,
+    namespace: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let kv = js.get_key_value(subjects::KV_PARENTS).await?;
+    let doc: Value = serde_json::from_slice(&kv.get(namespace).await?.context("no hints")?)?;
+    let parents = doc["parents"].as_object().context("parents")?;
+    Ok(parents.iter().filter_map(|(k, v)| Some((k.clone(), v["snapshotId"].as_str()?.to_string()))).collect())
 }

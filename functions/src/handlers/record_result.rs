@@ -3,10 +3,13 @@
 //! exactly once, when the last volume is terminal.
 
 use crate::context::Context;
+use crate::kv_json::JsonKv;
+use crate::parents;
 use crate::record::BackupRecord;
 use crate::restore_state::{apply_to_entry, RestoreRecord, VolumeResult};
 use chrono::Utc;
 use coracle_events::consume::HandleError;
+use coracle_events::subjects::KV_PARENTS;
 use coracle_events::{
     function_source, CloudEvent, EventData, VolumeBackupCompleted, VolumeBackupFailed, VolumeRestoreCompleted,
     VolumeRestoreFailed,
@@ -84,6 +87,7 @@ pub async fn publish_completion(ctx: &Context, record: &BackupRecord) -> Result<
     if record.completion_published {
         return Ok(());
     }
+    remember_parents(ctx, record).await;
     let uid = record.backup.uid.clone();
     let event =
         CloudEvent::new(format!("{uid}.completed"), function_source(NAME), Some(record.backup.name.clone()), data);
@@ -98,6 +102,19 @@ pub async fn publish_completion(ctx: &Context, record: &BackupRecord) -> Result<
             .await?;
     }
     Ok(())
+}
+
+/// The terminal backup's snapshots become the next backups' parent hints (`crate::parents`).
+/// Best effort: without hints the Jobs look their parents up, so a failure is only logged.
+async fn remember_parents(ctx: &Context, record: &BackupRecord) {
+    let Some(nats) = &ctx.nats else { return };
+    let stored = match JsonKv::open(&nats.js, KV_PARENTS, "").await {
+        Ok(kv) => parents::remember(&kv, record).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::warn!("parent hints of backup {} not stored: {e}", record.backup.name);
+    }
 }
 
 /// The same exactly-once publication for restores.
