@@ -255,7 +255,13 @@ async fn run_restic(restic: &Restic, options: &BackupOptions, run: &Run<'_>) -> 
 /// The newest snapshot of the volume's identity, creating the repository when there is none.
 async fn find_parent(restic: &Restic, volume: &PlannedVolume) -> Result<Option<String>, JobError> {
     let filter = SnapshotFilter::new().host(volume.namespace.clone()).tag(tags::IDENTITY, &volume.identity)?;
-    let parent = match restic.latest_snapshot_if_repository(&filter).await.map_err(JobError::Parent)? {
+    // This is the volume's first look at the repository: a failure here (wrong password,
+    // unreachable, damaged) is the repository's, and said so.
+    let listed = restic
+        .latest_snapshot_if_repository(&filter)
+        .await
+        .map_err(|source| JobError::Repository { repository: restic.repository().to_string(), source })?;
+    let parent = match listed {
         Some(newest) => newest.map(|s| s.id),
         None => {
             create_repository(restic).await?;

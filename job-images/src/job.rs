@@ -33,8 +33,6 @@ pub enum JobError {
     Key(#[from] KeyError),
     #[error("repository {repository}: {source}")]
     Repository { repository: String, source: ResticError },
-    #[error("finding the parent snapshot: {0}")]
-    Parent(ResticError),
     #[error("{0}")]
     Restic(ResticError),
     #[error("{0}")]
