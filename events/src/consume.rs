@@ -100,7 +100,8 @@ pub enum ConsumeError {
     Fetch { function: String, reason: String },
 }
 
-/// Runs `handler` over the function's durable consumer until drained (or forever).
+/// Runs `handler` over the function's durable consumer until drained (or forever), one
+/// message at a time: each is acked (or nakked, or dead-lettered) before the next is handled.
 pub async fn run<H, Fut>(
     js: &jetstream::Context,
     opts: &ConsumerOptions,
@@ -110,31 +111,11 @@ where
     H: Fn(Delivery) -> Fut,
     Fut: Future<Output = Result<(), HandleError>>,
 {
-    let setup = |reason: String| ConsumeError::Setup { function: opts.function.clone(), reason };
-    let fetch_err = |reason: String| ConsumeError::Fetch { function: opts.function.clone(), reason };
-    crate::bootstrap::ensure(js).await.map_err(|e| setup(e.to_string()))?;
-    let stream = js.get_stream(subjects::STREAM).await.map_err(|e| setup(e.to_string()))?;
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(opts.function.clone()),
-            filter_subjects: opts.filter_subjects.clone(),
-            ack_policy: AckPolicy::Explicit,
-            max_deliver: opts.max_deliver,
-            ack_wait: opts.ack_wait,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| setup(e.to_string()))?;
+    let consumer = durable_consumer(js, opts).await?;
     let publisher = Publisher::new(js.clone());
     let mut stats = ConsumeStats::default();
     loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(opts.batch)
-            .expires(opts.fetch_wait)
-            .messages()
-            .await
-            .map_err(|e| fetch_err(e.to_string()))?;
+        let mut batch = fetch(&consumer, opts).await?;
         let mut got = 0usize;
         while let Some(next) = batch.next().await {
             let msg = match next {
@@ -145,58 +126,161 @@ where
                 }
             };
             got += 1;
-            let (deliveries, stream_sequence) = match msg.info() {
-                Ok(i) => (i.delivered.max(1) as u64, i.stream_sequence),
-                Err(_) => (1, 0),
-            };
-            let delivery = Delivery {
-                subject: msg.subject.to_string(),
-                payload: msg.payload.clone(),
-                deliveries,
-                stream_sequence,
-            };
+            let delivery = delivery_of(&msg);
             let outcome = handler(delivery.clone()).await;
-            let ack = match outcome {
-                Ok(()) => {
-                    stats.handled += 1;
-                    AckKind::Ack
-                }
-                Err(HandleError::Retryable(reason)) if (deliveries as i64) < opts.max_deliver => {
-                    tracing::warn!(function = %opts.function, subject = %delivery.subject, deliveries, %reason, "will retry");
-                    stats.retried += 1;
-                    AckKind::Nak(Some(opts.nak_delay(deliveries)))
-                }
+            settle(&publisher, opts, &mut stats, &msg, &delivery, outcome).await;
+        }
+        if got == 0 && opts.drain && idle(&consumer, opts).await? {
+            return Ok(stats);
+        }
+    }
+}
+
+/// Like [`run`], but hands the handler every message one fetch returned (up to `opts.batch`),
+/// in stream order, so it can merge work on the same record into one write. The handler
+/// returns one outcome per delivery, in the same order; each message is then acked, nakked or
+/// dead-lettered exactly as [`run`] would. A message the handler gave no outcome for is
+/// retried, never dropped.
+pub async fn run_batch<H, Fut>(
+    js: &jetstream::Context,
+    opts: &ConsumerOptions,
+    handler: H,
+) -> Result<ConsumeStats, ConsumeError>
+where
+    H: Fn(Vec<Delivery>) -> Fut,
+    Fut: Future<Output = Vec<Result<(), HandleError>>>,
+{
+    let consumer = durable_consumer(js, opts).await?;
+    let publisher = Publisher::new(js.clone());
+    let mut stats = ConsumeStats::default();
+    loop {
+        let mut batch = fetch(&consumer, opts).await?;
+        let mut msgs = Vec::with_capacity(opts.batch);
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(m) => msgs.push(m),
                 Err(e) => {
-                    let reason = match &e {
-                        HandleError::Retryable(r) => {
-                            format!("gave up after {deliveries} deliveries: {r}")
-                        }
-                        HandleError::Permanent(r) => r.clone(),
-                    };
-                    match dead_letter(&publisher, &opts.function, &delivery, &reason).await {
-                        Ok(()) => {
-                            stats.dead_lettered += 1;
-                            AckKind::Term
-                        }
-                        // Never drop a message we could not park: let it come back.
-                        Err(pe) => {
-                            tracing::error!(function = %opts.function, error = %pe, "dead-lettering failed");
-                            AckKind::Nak(Some(opts.nak_delay(deliveries)))
-                        }
-                    }
+                    tracing::warn!(function = %opts.function, error = %e, "fetch error");
+                    break;
                 }
-            };
-            if let Err(e) = msg.ack_with(ack).await {
-                tracing::warn!(function = %opts.function, error = %e, "ack failed; the message will be redelivered");
             }
         }
-        if got == 0 && opts.drain {
-            let mut consumer = consumer.clone();
-            let info = consumer.info().await.map_err(|e| fetch_err(e.to_string()))?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
+        if msgs.is_empty() {
+            if opts.drain && idle(&consumer, opts).await? {
                 return Ok(stats);
             }
+            continue;
         }
+        let deliveries: Vec<Delivery> = msgs.iter().map(delivery_of).collect();
+        let mut outcomes = handler(deliveries.clone()).await.into_iter();
+        for (msg, delivery) in msgs.iter().zip(&deliveries) {
+            let outcome =
+                outcomes.next().unwrap_or_else(|| Err(HandleError::retryable("the batch handler gave no outcome")));
+            settle(&publisher, opts, &mut stats, msg, delivery, outcome).await;
+        }
+    }
+}
+
+/// Creates (or binds to) the function's durable pull consumer.
+async fn durable_consumer(
+    js: &jetstream::Context,
+    opts: &ConsumerOptions,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, ConsumeError> {
+    let setup = |reason: String| ConsumeError::Setup { function: opts.function.clone(), reason };
+    crate::bootstrap::ensure(js).await.map_err(|e| setup(e.to_string()))?;
+    let stream = js.get_stream(subjects::STREAM).await.map_err(|e| setup(e.to_string()))?;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(opts.function.clone()),
+            filter_subjects: opts.filter_subjects.clone(),
+            ack_policy: AckPolicy::Explicit,
+            max_deliver: opts.max_deliver,
+            ack_wait: opts.ack_wait,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup(e.to_string()))
+}
+
+fn fetch_error(opts: &ConsumerOptions, e: impl std::fmt::Display) -> ConsumeError {
+    ConsumeError::Fetch { function: opts.function.clone(), reason: e.to_string() }
+}
+
+/// One pull: what is available now, up to `opts.batch` messages.
+async fn fetch(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    opts: &ConsumerOptions,
+) -> Result<pull::Batch, ConsumeError> {
+    consumer
+        .fetch()
+        .max_messages(opts.batch)
+        .expires(opts.fetch_wait)
+        .messages()
+        .await
+        .map_err(|e| fetch_error(opts, e))
+}
+
+/// True once the consumer has nothing pending and nothing awaiting an ack (`--drain` exits then).
+async fn idle(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    opts: &ConsumerOptions,
+) -> Result<bool, ConsumeError> {
+    let mut consumer = consumer.clone();
+    let info = consumer.info().await.map_err(|e| fetch_error(opts, e))?;
+    Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+}
+
+fn delivery_of(msg: &jetstream::Message) -> Delivery {
+    let (deliveries, stream_sequence) = match msg.info() {
+        Ok(i) => (i.delivered.max(1) as u64, i.stream_sequence),
+        Err(_) => (1, 0),
+    };
+    Delivery { subject: msg.subject.to_string(), payload: msg.payload.clone(), deliveries, stream_sequence }
+}
+
+/// Acks a handled message, naks a retryable failure with backoff while deliveries remain, and
+/// otherwise dead-letters it and terminates its delivery.
+async fn settle(
+    publisher: &Publisher,
+    opts: &ConsumerOptions,
+    stats: &mut ConsumeStats,
+    msg: &jetstream::Message,
+    delivery: &Delivery,
+    outcome: Result<(), HandleError>,
+) {
+    let deliveries = delivery.deliveries;
+    let ack = match outcome {
+        Ok(()) => {
+            stats.handled += 1;
+            AckKind::Ack
+        }
+        Err(HandleError::Retryable(reason)) if (deliveries as i64) < opts.max_deliver => {
+            tracing::warn!(function = %opts.function, subject = %delivery.subject, deliveries, %reason, "will retry");
+            stats.retried += 1;
+            AckKind::Nak(Some(opts.nak_delay(deliveries)))
+        }
+        Err(e) => {
+            let reason = match &e {
+                HandleError::Retryable(r) => format!("gave up after {deliveries} deliveries: {r}"),
+                HandleError::Permanent(r) => r.clone(),
+            };
+            match dead_letter(publisher, &opts.function, delivery, &reason).await {
+                Ok(()) => {
+                    stats.dead_lettered += 1;
+                    AckKind::Term
+                }
+                // Never drop a message we could not park: let it come back.
+                Err(pe) => {
+                    tracing::error!(function = %opts.function, error = %pe, "dead-lettering failed");
+                    AckKind::Nak(Some(opts.nak_delay(deliveries)))
+                }
+            }
+        }
+    };
+    // A plain ack (one publish, no reply awaited): a lost ack means a redelivery, which every
+    // handler tolerates.
+    if let Err(e) = msg.ack_with(ack).await {
+        tracing::warn!(function = %opts.function, error = %e, "ack failed; the message will be redelivered");
     }
 }
 

@@ -2,7 +2,7 @@
 //! under AWS Lambda. All call the same `Function::handle`.
 
 use crate::context::Context;
-use crate::handlers::Function;
+use crate::handlers::{record_result, Function};
 use coracle_events::consume::{self, ConsumeStats, ConsumerOptions, HandleError};
 use coracle_events::publish::Publisher;
 use coracle_events::subjects;
@@ -15,17 +15,34 @@ pub async fn once(ctx: &Context, function: Function, payload: &[u8]) -> Result<V
     Ok(ctx.take_emitted())
 }
 
+/// Messages record-result takes per fetch. Results of one backup arrive interleaved with other
+/// backups' (Jobs on many nodes finish at once), so a large batch is what lets it merge several
+/// results into one write of a record; it stays under the consumer's default 1,000 unacked.
+pub const RECORD_RESULT_BATCH: usize = 1000;
+
 /// Pulls from the function's durable consumer; with `drain`, returns once it is idle.
 pub async fn nats(ctx: Arc<Context>, function: Function, drain: bool) -> anyhow::Result<ConsumeStats> {
     let Some(n) = ctx.nats.as_ref() else { anyhow::bail!("{} needs --nats", function.name()) };
     let mut opts = ConsumerOptions::new(function.name(), function.subjects());
     opts.drain = drain;
     let js = n.js.clone();
-    let stats = consume::run(&js, &opts, |delivery| {
-        let ctx = ctx.clone();
-        async move { function.handle(&ctx, &delivery.payload).await }
-    })
-    .await?;
+    let stats = if function == Function::RecordResult {
+        opts.batch = RECORD_RESULT_BATCH;
+        consume::run_batch(&js, &opts, |deliveries| {
+            let ctx = ctx.clone();
+            async move {
+                let payloads: Vec<&[u8]> = deliveries.iter().map(|d| d.payload.as_ref()).collect();
+                record_result::handle_batch(&ctx, &payloads).await
+            }
+        })
+        .await?
+    } else {
+        consume::run(&js, &opts, |delivery| {
+            let ctx = ctx.clone();
+            async move { function.handle(&ctx, &delivery.payload).await }
+        })
+        .await?
+    };
     Ok(stats)
 }
 

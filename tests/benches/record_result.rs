@@ -13,7 +13,12 @@
 //! `coracle.backup.completed` events are in the stream (one per backup), nothing was
 //! dead-lettered.
 //!
+//! Also reported, to show what bounds it: CPU seconds used by the function process and by
+//! nats-server over the timed window, and how many record writes (KV revisions) it took.
+//!
 //! `cargo bench -p coracle-tests --bench record_result` writes `target/bench/record_result.json`.
+//! `CORACLE_BENCH_B8_BIN=/path/to/coracle` runs another build of the binary instead (to compare
+//! two builds side by side in one sitting).
 
 mod common;
 
@@ -139,7 +144,13 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let mut completions = client.subscribe(BACKUP_COMPLETED).await?;
-    let coracle = workspace_bin("coracle")?;
+    let coracle = match std::env::var_os("CORACLE_BENCH_B8_BIN") {
+        Some(bin) => std::path::PathBuf::from(bin),
+        None => workspace_bin("coracle")?,
+    };
+    let kv_stream = format!("KV_{KV_BACKUPS}");
+    let writes_before = js.get_stream(&kv_stream).await?.info().await?.state.last_sequence;
+    let server_cpu_before = nats.pid().map(cpu_seconds).unwrap_or(0.0);
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&coracle)
         .args(["fn", "record-result", "--drain", "--nats", &nats.url()])
@@ -157,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let last_completion = started.elapsed();
+    let server_cpu = nats.pid().map(cpu_seconds).unwrap_or(0.0) - server_cpu_before;
+    let function_cpu = child.id().map(cpu_seconds).unwrap_or(0.0);
+    let record_writes = js.get_stream(&kv_stream).await?.info().await?.state.last_sequence - writes_before;
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
     let process = started.elapsed();
     ensure!(status.success(), "record-result exited with {status}");
@@ -190,6 +204,11 @@ async fn main() -> anyhow::Result<()> {
         last_completion.as_secs_f64(),
         process.as_secs_f64()
     );
+    println!(
+        "B8: CPU over the timed window: record-result {function_cpu:.2} s, nats-server {server_cpu:.2} s; \
+         {record_writes} record writes ({:.2} per result)",
+        record_writes as f64 / results as f64
+    );
     if full_run() {
         write_report(
             "record_result",
@@ -200,8 +219,22 @@ async fn main() -> anyhow::Result<()> {
                 "process_seconds": round(process.as_secs_f64()),
                 "results_per_s": round(per_s), "target_per_s": TARGET_PER_S,
                 "volumes_completed": volumes_completed, "completion_events": completed_events, "dead_letters": dead_letters,
+                "function_cpu_seconds": round(function_cpu), "nats_server_cpu_seconds": round(server_cpu),
+                "record_writes": record_writes,
             }),
         )?;
     }
     Ok(())
+}
+
+/// User plus system CPU time a process has used so far (`/proc/<pid>/stat`), 0 if unreadable.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let Some((_, rest)) = stat.rsplit_once(") ") else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_s as f64
 }
