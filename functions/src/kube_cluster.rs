@@ -1,5 +1,6 @@
-//! The Kubernetes adapter: reads the snapshot a planner needs with one paginated LIST per
-//! namespace and kind (never one GET per pod), and creates Jobs idempotently.
+//! The Kubernetes adapter: reads the snapshot a planner needs with one paginated LIST per kind
+//! (per namespace and kind when the request names namespaces; never one GET per pod), the
+//! LISTs in flight together, and creates Jobs idempotently.
 //! Each call names the `rbac` rule that grants it; the rule is in the error when a call fails.
 
 use crate::rbac::{self, Rule};
@@ -66,6 +67,21 @@ where
     }
 }
 
+/// The client for the configured cluster (KUBECONFIG, `~/.kube/config` or in-cluster), like
+/// `Client::try_default`. For a plain-`http` API server (`kubectl proxy`, the test simulation)
+/// with no CA in the kubeconfig, kube would still load and parse every system root certificate
+/// (~4 ms of CPU here, a fifth of a one-shot plan-backup) for TLS it never uses: it gets an empty
+/// root store instead. An `https` server, or an `https` proxy, is left exactly as kube sets it up.
+pub async fn client() -> Result<Client, kube::Error> {
+    let mut config = kube::Config::infer().await.map_err(kube::Error::InferConfig)?;
+    let plain_http = config.cluster_url.scheme_str() == Some("http");
+    let tls_proxy = config.proxy_url.as_ref().is_some_and(|p| p.scheme_str() != Some("http"));
+    if plain_http && !tls_proxy && config.root_cert.is_none() {
+        config.root_cert = Some(Vec::new());
+    }
+    Client::try_from(config)
+}
+
 /// Reads Coracle's settings from its ConfigMap; defaults when it does not exist.
 pub async fn settings(client: &Client, system_namespace: &str) -> Result<Settings, KubeError> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), system_namespace);
@@ -88,46 +104,85 @@ pub async fn backup_snapshot(
     namespaces: &[String],
     label_selector: Option<&str>,
 ) -> Result<ClusterSnapshot, KubeError> {
-    let all_ns: Vec<Namespace> = list_all(rbac::LIST_NAMESPACES, Api::all(client.clone()), "namespaces", None).await?;
-    let wanted: Vec<String> = if namespaces.is_empty() || namespaces.iter().any(|n| n == "*") {
-        all_ns.iter().filter_map(|n| n.metadata.name.clone()).collect()
-    } else {
-        namespaces.to_vec()
-    };
-    let mut snap = ClusterSnapshot { namespaces: all_ns, settings, ..Default::default() };
-    snap.pvs = list_all(
-        rbac::LIST_PERSISTENT_VOLUMES,
-        Api::<PersistentVolume>::all(client.clone()),
-        "persistentvolumes",
-        None,
-    )
-    .await?;
-    for ns in &wanted {
-        let pods: Vec<Pod> =
-            list_all(rbac::LIST_PODS, Api::namespaced(client.clone(), ns), &format!("pods in {ns}"), label_selector)
-                .await?;
-        if pods.is_empty() {
-            continue;
-        }
-        snap.pods.extend(pods);
-        let pvcs: Vec<PersistentVolumeClaim> = list_all(
-            rbac::LIST_CLAIMS,
-            Api::namespaced(client.clone(), ns),
-            &format!("persistentvolumeclaims in {ns}"),
-            None,
-        )
-        .await?;
-        snap.pvcs.extend(pvcs);
-        let rs: Vec<ReplicaSet> = list_all(
-            rbac::LIST_REPLICA_SETS,
-            Api::namespaced(client.clone(), ns),
-            &format!("replicasets in {ns}"),
-            None,
-        )
-        .await?;
-        snap.replica_sets.extend(rs);
-    }
+    let mut snap = backup_objects(client, namespaces, label_selector).await?;
+    snap.settings = settings;
     Ok(snap)
+}
+
+/// Coracle's settings and the snapshot for a backup of `namespaces`, read together.
+pub async fn settings_and_backup_snapshot(
+    client: &Client,
+    system_namespace: &str,
+    namespaces: &[String],
+    label_selector: Option<&str>,
+) -> Result<ClusterSnapshot, KubeError> {
+    let (settings, mut snap) =
+        futures::try_join!(settings(client, system_namespace), backup_objects(client, namespaces, label_selector))?;
+    snap.settings = settings;
+    Ok(snap)
+}
+
+/// Every LIST a backup plan needs, all in flight at once: a planner run costs about one round
+/// trip to the API server, not one per namespace and kind. For every namespace, pods, PVCs and
+/// ReplicaSets are listed cluster-wide (one LIST each, the rules are cluster-scoped anyway);
+/// for named namespaces, per namespace.
+async fn backup_objects(
+    client: &Client,
+    namespaces: &[String],
+    label_selector: Option<&str>,
+) -> Result<ClusterSnapshot, KubeError> {
+    let every_namespace = namespaces.is_empty() || namespaces.iter().any(|n| n == "*");
+    let namespaced = async {
+        if every_namespace {
+            futures::try_join!(
+                list_all(rbac::LIST_PODS, Api::<Pod>::all(client.clone()), "pods", label_selector),
+                list_all(
+                    rbac::LIST_CLAIMS,
+                    Api::<PersistentVolumeClaim>::all(client.clone()),
+                    "persistentvolumeclaims",
+                    None
+                ),
+                list_all(rbac::LIST_REPLICA_SETS, Api::<ReplicaSet>::all(client.clone()), "replicasets", None),
+            )
+        } else {
+            let per_namespace = futures::future::try_join_all(namespaces.iter().map(|ns| async move {
+                let (pods, claims, sets) = (
+                    format!("pods in {ns}"),
+                    format!("persistentvolumeclaims in {ns}"),
+                    format!("replicasets in {ns}"),
+                );
+                futures::try_join!(
+                    list_all(rbac::LIST_PODS, Api::<Pod>::namespaced(client.clone(), ns), &pods, label_selector),
+                    list_all(
+                        rbac::LIST_CLAIMS,
+                        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+                        &claims,
+                        None
+                    ),
+                    list_all(rbac::LIST_REPLICA_SETS, Api::<ReplicaSet>::namespaced(client.clone(), ns), &sets, None),
+                )
+            }))
+            .await?;
+            let (mut pods, mut pvcs, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+            for (p, c, r) in per_namespace {
+                pods.extend(p);
+                pvcs.extend(c);
+                rs.extend(r);
+            }
+            Ok((pods, pvcs, rs))
+        }
+    };
+    let (namespaces, pvs, (pods, pvcs, replica_sets)) = futures::try_join!(
+        list_all(rbac::LIST_NAMESPACES, Api::<Namespace>::all(client.clone()), "namespaces", None),
+        list_all(
+            rbac::LIST_PERSISTENT_VOLUMES,
+            Api::<PersistentVolume>::all(client.clone()),
+            "persistentvolumes",
+            None
+        ),
+        namespaced,
+    )?;
+    Ok(ClusterSnapshot { namespaces, pods, pvcs, pvs, replica_sets, settings: Settings::default() })
 }
 
 /// Creates a Job; one that exists already (a duplicated request) counts as created.

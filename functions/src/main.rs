@@ -247,7 +247,7 @@ fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn kube_client() -> Option<kube::Client> {
-    match kube::Client::try_default().await {
+    match coracle_functions::kube_cluster::client().await {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::debug!(error = %e, "no Kubernetes client configured");
@@ -256,8 +256,7 @@ async fn kube_client() -> Option<kube::Client> {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -265,7 +264,24 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    // A one-shot function run (`fn NAME --event FILE`) handles one event and exits: one thread
+    // starts faster and keeps its few requests off cross-thread wake-ups. Everything long-running
+    // (consumers, serve, Lambda, CLI waits) gets the multi-thread runtime.
+    let one_shot = matches!(&cli.command, Command::Fn(args) if args.event.is_some());
+    let runtime = if one_shot {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -338,7 +354,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 Some(client) => coracle_functions::kube_cluster::settings(&client, &args.system_namespace).await?,
                 None => coracle_functions::settings::Settings::default(),
             };
-            let app = coracle_functions::serve::router(n.pending.clone(), (&settings).into())
+            // Pending restores from a watched in-memory copy of the KV bucket: a review needs no
+            // round trip to NATS (see handlers::admit::WatchedPending for why that stays correct).
+            let pending = coracle_functions::handlers::admit::WatchedPending::start(
+                n.client.clone(),
+                n.js.clone(),
+                n.pending.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("watching pending restores: {e}"))?;
+            let app = coracle_functions::serve::router(pending, (&settings).into())
                 .merge(coracle_functions::serve::workload_webhook(n.publisher.clone()));
             coracle_functions::serve::serve(&args.listen, &args.tls_cert, &args.tls_key, app).await?;
         }

@@ -1,6 +1,11 @@
 //! The admission function's adapter: looks up and claims pending restores for a Pod CREATE
 //! review, then answers with the injection patch from `admission`. Never fails a review: any
-//! problem allows the pod unpatched, with a warning.
+//! problem allows the pod unpatched, with a warning. `coracle serve` looks entries up in
+//! `WatchedPending` (a watched in-memory copy of the KV bucket); tests and the offline command
+//! use the bucket or memory directly.
+
+mod watched_pending;
+pub use watched_pending::WatchedPending;
 
 use crate::admission::{self, already_injected, injection_patch, pod_targets, HelperSettings, Injection, Review};
 use crate::kv_json::JsonKv;
@@ -69,11 +74,18 @@ pub async fn review<S: PendingStore>(store: &S, settings: &HelperSettings, body:
     }
     // One claim token per admitted pod: it has no uid yet, and the token ties its entries to it.
     let token = uuid::Uuid::new_v4().to_string();
+    let targets = pod_targets(&pod);
+    // Looked up together: a store that has to ask NATS pays one round trip, not one per volume.
+    let claims = futures::future::join_all(targets.iter().map(|(_, target)| {
+        let key = pending_key(&namespace, target);
+        let token = &token;
+        async move { store.claim(&key, token).await }
+    }))
+    .await;
     let mut injection: Option<Injection> = None;
     let mut warnings = Vec::new();
-    for (volume, target) in pod_targets(&pod) {
-        let key = pending_key(&namespace, &target);
-        let (entry, role) = match store.claim(&key, &token).await {
+    for ((volume, _), claimed) in targets.into_iter().zip(claims) {
+        let (entry, role) = match claimed {
             Ok(Some(found)) => found,
             Ok(None) => continue,
             Err(e) => {

@@ -38,10 +38,13 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
         }
     }
     let kube = ctx.kube()?;
-    let settings = kube_cluster::settings(kube, &ctx.system_namespace).await?;
-    let snapshot =
-        kube_cluster::backup_snapshot(kube, settings, &request.included_namespaces, request.label_selector.as_deref())
-            .await?;
+    let snapshot = kube_cluster::settings_and_backup_snapshot(
+        kube,
+        &ctx.system_namespace,
+        &request.included_namespaces,
+        request.label_selector.as_deref(),
+    )
+    .await?;
     let now = Utc::now();
     let (planned, volume_timeout) = planned(request, &snapshot, backup.clone(), now)?;
     let record = BackupRecord::from_plan(&planned, now);
@@ -100,9 +103,8 @@ async fn launch(
         let parents = parent_hints(ctx, &planned.volumes).await;
         let jobs =
             backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), &parents, volume_timeout, settings);
-        for job in jobs {
-            kube_cluster::create_job(kube, &job).await?;
-        }
+        // One Job per node, created together: one round trip to the API server, not one per node.
+        futures::future::try_join_all(jobs.iter().map(|job| kube_cluster::create_job(kube, job))).await?;
     }
     publish_completion(ctx, record).await
 }
