@@ -1,12 +1,13 @@
 //! What a function may reach while handling an event: the Kubernetes API, NATS, or neither
 //! (offline runs collect the events they would publish instead).
 
-use crate::kv_json::JsonKv;
+use crate::kv_json::{JsonKv, StoreError};
+use crate::parents::NamespaceParents;
 use crate::record::BackupRecord;
 use crate::restore_state::{PendingEntry, RestoreRecord};
 use coracle_events::consume::HandleError;
 use coracle_events::publish::Publisher;
-use coracle_events::subjects::{KV_BACKUPS, KV_RESTORES};
+use coracle_events::subjects::{KV_BACKUPS, KV_PARENTS, KV_RESTORES};
 use coracle_events::{CloudEvent, EventData};
 use serde_json::Value;
 use std::sync::Mutex;
@@ -19,6 +20,8 @@ pub struct Nats {
     pub restores: JsonKv<RestoreRecord>,
     /// Pending restore entries, keyed by `plan_restore::pending_key`.
     pub pending: JsonKv<PendingEntry>,
+    /// Parent hints, opened on first use: only plan-backup and record-result read them.
+    parents: tokio::sync::OnceCell<JsonKv<NamespaceParents>>,
 }
 
 impl Nats {
@@ -34,7 +37,20 @@ impl Nats {
         let records = JsonKv::open(&js, KV_BACKUPS, "").await?;
         let restores = JsonKv::open(&js, KV_RESTORES, "record.").await?;
         let pending = JsonKv::open(&js, KV_RESTORES, "pending.").await?;
-        Ok(Nats { publisher: Publisher::new(js.clone()), client, js, records, restores, pending })
+        Ok(Nats {
+            publisher: Publisher::new(js.clone()),
+            client,
+            js,
+            records,
+            restores,
+            pending,
+            parents: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The parent hints (`crate::parents`), bucket opened once per connection.
+    pub async fn parents(&self) -> Result<&JsonKv<NamespaceParents>, StoreError> {
+        self.parents.get_or_try_init(|| JsonKv::open(&self.js, KV_PARENTS, "")).await
     }
 }
 

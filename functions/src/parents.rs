@@ -12,6 +12,8 @@ use crate::kv_json::{Created, JsonKv, StoreError};
 use crate::record::{BackupRecord, VolumeStatus};
 use chrono::{DateTime, Utc};
 use coracle_events::PlannedVolume;
+// Only a full id is ever handed to a Job (the Job checks the same).
+use coracle_volume_job::restic::snapshots::is_snapshot_id;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,11 +89,6 @@ impl NamespaceParents {
     }
 }
 
-/// A full restic snapshot id (64 hex digits); anything else is never handed to a Job.
-pub fn is_snapshot_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Hints for the planned volumes, read with one KV get per namespace. Best effort: a namespace
 /// whose document cannot be read has no hints (its Jobs look their parents up).
 pub async fn lookup(kv: &JsonKv<NamespaceParents>, volumes: &[PlannedVolume]) -> BTreeMap<String, String> {
@@ -113,12 +110,15 @@ pub async fn lookup(kv: &JsonKv<NamespaceParents>, volumes: &[PlannedVolume]) ->
 pub async fn remember(kv: &JsonKv<NamespaceParents>, record: &BackupRecord) -> Result<(), StoreError> {
     let namespaces: BTreeSet<&str> = record.volumes.values().map(|v| v.volume.namespace.as_str()).collect();
     for ns in namespaces {
-        let mut fresh = NamespaceParents::default();
-        if !fresh.merge(record, ns) {
+        if kv.modify(ns, |doc| doc.merge(record, ns)).await?.is_some() {
             continue;
         }
-        if let Created::Exists(_) = kv.create(ns, &fresh).await? {
-            kv.modify(ns, |doc| doc.merge(record, ns)).await?;
+        // The namespace's first hints; a concurrent first writer makes it a merge after all.
+        let mut fresh = NamespaceParents::default();
+        if fresh.merge(record, ns) {
+            if let Created::Exists(_) = kv.create(ns, &fresh).await? {
+                kv.modify(ns, |doc| doc.merge(record, ns)).await?;
+            }
         }
     }
     Ok(())
@@ -236,12 +236,5 @@ mod tests {
         assert_eq!(doc.parents.len(), MAX_PER_NAMESPACE);
         assert!(!doc.parents.contains_key("pvc/0") && !doc.parents.contains_key("pvc/1"));
         assert!(doc.parents.contains_key("pvc/2"));
-    }
-
-    #[test]
-    fn snapshot_ids() {
-        assert!(is_snapshot_id(&id('f')));
-        assert!(!is_snapshot_id("abc"));
-        assert!(!is_snapshot_id(&format!("-{}", &id('f')[1..])));
     }
 }

@@ -295,7 +295,7 @@ pub fn parent_hint(parents: Option<&str>, identity: &str) -> Option<String> {
             return None;
         }
     };
-    map.get(identity).filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).cloned()
+    map.get(identity).filter(|id| restic::snapshots::is_snapshot_id(id)).cloned()
 }
 
 /// `CORACLE_BACKUP_EXPIRES`; absent or empty when the Job was not told (older functions).

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use coracle_events::{PlannedVolume, RestoreOutcome, RestoreVolume, VolumeOutcome, VolumeSource};
+use coracle_events::{RestoreOutcome, RestoreVolume};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -118,35 +118,6 @@ fn helper_binary() -> PathBuf {
     bin
 }
 
-/// Backs up pod A's volume `pv-1` with the backup subcommand; returns the snapshot id.
-fn backup(f: &Fixture) -> String {
-    let volume = PlannedVolume {
-        namespace: "shop".into(),
-        pod: "db-0".into(),
-        pod_uid: POD_A.into(),
-        volume: "data".into(),
-        node: "node-1".into(),
-        source: VolumeSource::Pvc,
-        pvc: Some("data-db-0".into()),
-        pvc_uid: Some("7d9e0c52-1111-2222-3333-444455556666".into()),
-        pv: Some("pv-1".into()),
-        dir: "pv-1".into(),
-        identity: "pvc:7d9e0c52-1111-2222-3333-444455556666".into(),
-    };
-    let termination = f.root.join("termination-backup");
-    let run: common::Run<VolumeOutcome> = run_job(
-        f.job("backup", JOB, MASTER_KEY, &termination)
-            .env("CORACLE_VOLUMES", serde_json::to_string(&[volume]).unwrap())
-            .env("CORACLE_BACKUP_NAME", "nightly")
-            .env("CORACLE_BACKUP_UID", "b0a5e7d2-0000-4111-8222-333344445555")
-            .env("CORACLE_PODS_ROOT", f.pods()),
-        &termination,
-        MASTER_KEY,
-    );
-    let VolumeOutcome::Completed(completed) = run.outcome else { panic!("{:?}\n{}", run.outcome, run.stderr) };
-    completed.snapshot_id
-}
-
 /// One restore attempt into pod B's volume, run inside the namespace.
 fn restore(f: &Fixture, ns: &Namespace, volume: &RestoreVolume, attempt: &str) -> common::Run<RestoreOutcome> {
     let termination = f.root.join(format!("termination-restore-{attempt}"));
@@ -173,7 +144,7 @@ fn a_target_too_small_fails_the_restore_and_the_helper_at_once() {
     for (i, chunk) in data.chunks(384 << 10).enumerate() {
         std::fs::write(source.join(format!("part-{i}.bin")), chunk).unwrap();
     }
-    let snapshot = backup(&f);
+    let snapshot = f.backup_pv1(POD_A, JOB, MASTER_KEY);
 
     let mount = f.csi_mount(POD_B, "pv-2");
     std::fs::create_dir_all(&mount).unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use coracle_events::{PlannedVolume, RestoreOutcome, RestoreVolume, VolumeOutcome, VolumeSource};
+use coracle_events::{RestoreOutcome, RestoreVolume};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -16,8 +16,6 @@ use std::time::{Duration, SystemTime};
 const MASTER_KEY: &str = "e2e-master-key-never-printed-0123456789";
 const POD_A: &str = "0f2c7f4e-3c1a-4a8e-9b7d-2f0e1d2c3b4a";
 const POD_B: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-const PVC_UID: &str = "7d9e0c52-1111-2222-3333-444455556666";
-const BACKUP_UID: &str = "b0a5e7d2-0000-4111-8222-333344445555";
 const RESTORE_UID: &str = "5b2e7c1a-0000-4000-8000-000000000001";
 const JOB: &str = "coracle-restore-5b2e7c1a-db-0";
 
@@ -26,33 +24,7 @@ type Run = common::Run<RestoreOutcome>;
 impl Fixture {
     /// Backs up pod A's CSI volume `pv-1` with the backup subcommand; returns the snapshot id.
     fn backup(&self) -> String {
-        let volume = PlannedVolume {
-            namespace: "shop".into(),
-            pod: "db-0".into(),
-            pod_uid: POD_A.into(),
-            volume: "data".into(),
-            node: "node-1".into(),
-            source: VolumeSource::Pvc,
-            pvc: Some("data-db-0".into()),
-            pvc_uid: Some(PVC_UID.into()),
-            pv: Some("pv-1".into()),
-            dir: "pv-1".into(),
-            identity: format!("pvc:{PVC_UID}"),
-        };
-        let termination = self.root.join("termination-backup");
-        let out = self
-            .job("backup", JOB, MASTER_KEY, &termination)
-            .env("CORACLE_VOLUMES", serde_json::to_string(&[volume]).unwrap())
-            .env("CORACLE_BACKUP_NAME", "nightly")
-            .env("CORACLE_BACKUP_UID", BACKUP_UID)
-            .env("CORACLE_PODS_ROOT", self.pods())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "backup failed:\n{stderr}");
-        let outcome: VolumeOutcome = serde_json::from_str(&std::fs::read_to_string(termination).unwrap()).unwrap();
-        let VolumeOutcome::Completed(completed) = outcome else { panic!("{outcome:?}\n{stderr}") };
-        completed.snapshot_id
+        self.backup_pv1(POD_A, JOB, MASTER_KEY)
     }
 
     /// The job binary with the settings every run shares.

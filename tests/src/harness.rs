@@ -147,6 +147,16 @@ impl Harness {
         Ok(())
     }
 
+    /// `coracle sweep --nats URL`; how many results it published.
+    pub fn sweep(&self) -> anyhow::Result<usize> {
+        let out = self.coracle(&["sweep", "--nats", &self.nats.url()])?;
+        out.trim()
+            .strip_prefix("sweep: published ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unexpected sweep output {out:?}"))
+    }
+
     /// The latest event on `subject` stored in the stream, waiting up to `timeout` for one.
     pub async fn wait_event<T: coracle_events::EventData>(
         &self,
@@ -235,32 +245,8 @@ impl Harness {
     /// a real installation has and the optional ValidatingWebhookConfiguration for rollouts. The
     /// server stops with the guard.
     pub async fn install_webhook(&self) -> anyhow::Result<ChildGuard> {
-        let (ca, cert, key) = crate::tls::test_ca_and_cert(&["coracle.coracle-system.svc"]);
-        let dir = self.tmp.path().join("webhook-tls");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("tls.crt"), cert)?;
-        std::fs::write(dir.join("tls.key"), key)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = self.command(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--nats", &self.nats.url()])?;
-        cmd.arg("--tls-cert").arg(dir.join("tls.crt")).arg("--tls-key").arg(dir.join("tls.key"));
-        let guard = crate::process::spawn_listening(cmd, port, "coracle serve").await?;
-        self.sim.set_service_endpoint(SYSTEM_NAMESPACE, "coracle", 443, format!("https://127.0.0.1:{port}"));
-        let webhook = serde_json::json!({
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": "coracle-restore"},
-            "webhooks": [{
-                "name": "restore.coracle.dev",
-                "admissionReviewVersions": ["v1"],
-                "clientConfig": {
-                    "service": {"namespace": SYSTEM_NAMESPACE, "name": "coracle", "path": "/admission/pods", "port": 443},
-                    "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca),
-                },
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": {"matchLabels": {"coracle.dev/restore": "enabled"}},
-                "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
-            }]
-        });
-        self.sim.store().put(webhook)?;
+        let (guard, ca) =
+            install_restore_webhook(&self.sim, self.tmp.path(), &self.nats.url(), |args| self.command(args)).await?;
         // The optional rollout webhook: always allows, and publishes coracle.k8s.workload.updated.
         let rollouts = serde_json::json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
@@ -333,6 +319,44 @@ pub fn tree_digest(dir: &Path) -> anyhow::Result<BTreeMap<String, (String, u32, 
 /// A child process stopped by pid when dropped.
 /// NATS (stream and buckets ready) and the simulated API server, without nodes: for tests of
 /// functions that plan or publish but run no Jobs.
+/// `coracle serve` over HTTPS with a certificate for its Service name, reached through the simulated
+/// Service `coracle-system/coracle`, and the MutatingWebhookConfiguration a real installation has.
+/// `command` builds the `coracle` command with the caller's environment. Returns the server's guard
+/// (it stops with it) and the CA that signed its certificate.
+pub async fn install_restore_webhook(
+    sim: &SimServer,
+    tmp: &Path,
+    nats_url: &str,
+    command: impl FnOnce(&[&str]) -> anyhow::Result<Command>,
+) -> anyhow::Result<(ChildGuard, String)> {
+    let (ca, cert, key) = crate::tls::test_ca_and_cert(&["coracle.coracle-system.svc"]);
+    let dir = tmp.join("webhook-tls");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("tls.crt"), cert)?;
+    std::fs::write(dir.join("tls.key"), key)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut cmd = command(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--nats", nats_url])?;
+    cmd.arg("--tls-cert").arg(dir.join("tls.crt")).arg("--tls-key").arg(dir.join("tls.key"));
+    let guard = crate::process::spawn_listening(cmd, port, "coracle serve").await?;
+    sim.set_service_endpoint(SYSTEM_NAMESPACE, "coracle", 443, format!("https://127.0.0.1:{port}"));
+    sim.store().put(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "coracle-restore"},
+        "webhooks": [{
+            "name": "restore.coracle.dev",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {
+                "service": {"namespace": SYSTEM_NAMESPACE, "name": "coracle", "path": "/admission/pods", "port": 443},
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca),
+            },
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"coracle.dev/restore": "enabled"}},
+            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+        }]
+    }))?;
+    Ok((guard, ca))
+}
+
 pub struct ApiAndNats {
     pub nats: NatsServer,
     pub sim: SimServer,

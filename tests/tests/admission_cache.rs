@@ -235,37 +235,13 @@ metadata: {name: coracle-system}
 /// `coracle serve` as a process behind the simulated API server's admission, the way
 /// `Harness::install_webhook` installs it.
 async fn install_serve(env: &ApiAndNats) -> anyhow::Result<coracle_tests::harness::ChildGuard> {
-    let (ca, cert, key) = coracle_tests::tls::test_ca_and_cert(&["coracle.coracle-system.svc"]);
-    let dir = env.tmp.path().join("webhook-tls");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("tls.crt"), cert)?;
-    std::fs::write(dir.join("tls.key"), key)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut cmd = std::process::Command::new(coracle_tests::binaries::workspace_bin("coracle")?);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--nats", &env.nats.url()])
-        .arg("--tls-cert")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.join("tls.key"))
-        .env("KUBECONFIG", &env.kubeconfig)
-        .env("RUST_LOG", "warn");
-    let guard = coracle_tests::process::spawn_listening(cmd, port, "coracle serve").await?;
-    env.sim.set_service_endpoint("coracle-system", "coracle", 443, format!("https://127.0.0.1:{port}"));
-    env.sim.store().put(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "coracle-restore"},
-        "webhooks": [{
-            "name": "restore.coracle.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {
-                "service": {"namespace": "coracle-system", "name": "coracle", "path": "/admission/pods", "port": 443},
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca),
-            },
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"coracle.dev/restore": "enabled"}},
-            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
-        }]
-    }))?;
+    let command = |args: &[&str]| -> anyhow::Result<std::process::Command> {
+        let mut cmd = std::process::Command::new(coracle_tests::binaries::workspace_bin("coracle")?);
+        cmd.args(args).env("KUBECONFIG", &env.kubeconfig).env("RUST_LOG", "warn");
+        Ok(cmd)
+    };
+    let (guard, _ca) =
+        coracle_tests::harness::install_restore_webhook(&env.sim, env.tmp.path(), &env.nats.url(), command).await?;
     Ok(guard)
 }
 

@@ -72,16 +72,6 @@ async fn count(h: &Harness, subject: &str) -> anyhow::Result<usize> {
     Ok(messages(&h.js().await?, subject).await?.len())
 }
 
-/// `coracle sweep --nats URL`; how many results it published.
-fn sweep(h: &Harness) -> anyhow::Result<usize> {
-    let out = h.coracle(&["sweep", "--nats", &h.nats.url()])?;
-    out.trim()
-        .strip_prefix("sweep: published ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("unexpected sweep output {out:?}"))
-}
-
 /// The ids of a backup's snapshots in a namespace's repository (none if the repository was never created).
 fn snapshot_ids(h: &Harness, namespace: &str, backup_uid: &str) -> anyhow::Result<BTreeSet<String>> {
     if !h.repos.join(namespace).join("config").exists() {
@@ -267,7 +257,7 @@ async fn a_node_lost_mid_backup_fails_its_volume_and_the_rest_complete() -> anyh
     assert_eq!(volume(&record, MEDIA_DATA)["status"], "Pending");
 
     // The sweep turns the Job's verdict into the volume's final failure.
-    assert_eq!(sweep(&h)?, 1);
+    assert_eq!(h.sweep()?, 1);
     h.drain("record-result")?;
     let record = h.describe("lost")?;
     assert_eq!(record["phase"], "PartiallyFailed", "{record:#}");
@@ -300,7 +290,7 @@ async fn a_node_lost_mid_backup_fails_its_volume_and_the_rest_complete() -> anyh
     assert!(failed.data.is_final);
 
     // Sweeping again: nothing to do, nothing published, nothing changed.
-    assert_eq!(sweep(&h)?, 0);
+    assert_eq!(h.sweep()?, 0);
     h.drain("record-result")?;
     assert_eq!(count(&h, subjects::VOLUME_BACKUP_FAILED).await?, 1);
     assert_eq!(count(&h, subjects::BACKUP_COMPLETED).await?, 1);
@@ -333,8 +323,8 @@ async fn the_sweep_recovers_results_the_jobs_could_not_publish() -> anyhow::Resu
     assert_eq!(h.describe("offline")?["phase"], "InProgress");
 
     // Two sweeps before record-result runs: the same results under the same ids, stored once.
-    assert_eq!(sweep(&h)?, 3);
-    assert_eq!(sweep(&h)?, 3, "the record is still in progress: the results are offered again");
+    assert_eq!(h.sweep()?, 3);
+    assert_eq!(h.sweep()?, 3, "the record is still in progress: the results are offered again");
     let js = h.js().await?;
     let recovered = messages(&js, subjects::VOLUME_BACKUP_COMPLETED).await?;
     assert_eq!(recovered.len(), 3, "de-duplicated by event id");
@@ -367,7 +357,7 @@ async fn the_sweep_recovers_results_the_jobs_could_not_publish() -> anyhow::Resu
     assert_eq!((done.phase, done.volumes_completed), (BackupPhase::Completed, 3));
 
     // The record is terminal: a later sweep has nothing to recover.
-    assert_eq!(sweep(&h)?, 0);
+    assert_eq!(h.sweep()?, 0);
     h.drain("record-result")?;
     assert_eq!(count(&h, subjects::VOLUME_BACKUP_COMPLETED).await?, 3);
     assert_eq!(count(&h, subjects::BACKUP_COMPLETED).await?, 1);

@@ -61,15 +61,6 @@ async fn running_pod(h: &Harness, job: &str) -> anyhow::Result<Pod> {
         .await
 }
 
-fn sweep(h: &Harness) -> anyhow::Result<usize> {
-    let out = h.coracle(&["sweep", "--nats", &h.nats.url()])?;
-    out.trim()
-        .strip_prefix("sweep: published ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("unexpected sweep output {out:?}"))
-}
-
 /// The snapshots of one backup in a namespace's repository.
 fn snapshots_of(h: &Harness, namespace: &str, backup_uid: &str) -> anyhow::Result<Vec<Value>> {
     Ok(h.snapshots(namespace)?
@@ -143,7 +134,7 @@ async fn nats_crashing_mid_backup_loses_nothing() -> anyhow::Result<()> {
     assert!(published_before < 3, "the media Job ended while NATS was down: {published_before}");
     h.drain("record-result")?;
     assert_eq!(h.describe("crash")?["phase"], "InProgress");
-    let recovered = sweep(&h)?;
+    let recovered = h.sweep()?;
     assert_eq!(recovered, 3 - published_before, "the sweep offers the results NATS never got");
     h.drain("record-result")?;
     let record = assert_complete(&h, "crash", UID)?;
@@ -153,7 +144,7 @@ async fn nats_crashing_mid_backup_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(completions.len(), 1, "one completion");
     let done = decode::<BackupCompleted>(&completions[0])?.data;
     assert_eq!((done.phase, done.volumes, done.volumes_completed), (BackupPhase::Completed, 3, 3));
-    assert_eq!(sweep(&h)?, 0, "nothing left to recover");
+    assert_eq!(h.sweep()?, 0, "nothing left to recover");
     h.drain("record-result")?;
     assert_eq!(messages(&js, subjects::BACKUP_COMPLETED).await?.len(), 1);
     assert_eq!(h.describe("crash")?, record);

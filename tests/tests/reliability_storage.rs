@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest};
-use coracle_tests::harness::{messages, write_file, Harness};
+use coracle_tests::harness::{messages, noise, write_file, Harness};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -40,19 +40,6 @@ fn mount_on_node(h: &Harness, node: &str, path: &Path, size: &str) -> anyhow::Re
             Ok(None)
         }
     }
-}
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

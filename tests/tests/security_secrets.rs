@@ -10,7 +10,7 @@
 //! another namespace's repository (real restic), and the injected helper is restricted-PSS
 //! compliant and non-root.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use base64::Engine as _;
 use coracle_events::{subjects, BackupCompleted, BackupPhase, BackupRequest, RestoreCompleted, RestoreRequest};
 use coracle_tests::binaries::workspace_bin;
@@ -24,20 +24,6 @@ use std::time::Duration;
 const WEB_PV: &str = "pvc-9b1f3c2a-web-data";
 /// A repository credential as an S3 backend would need it, in the Secret every Job gets.
 const REPOSITORY_SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-7f3a";
-
-async fn wait_event<T: coracle_events::EventData>(h: &Harness, subject: &str, timeout: Duration) -> anyhow::Result<T> {
-    let js = h.js().await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(last) = messages(&js, subject).await?.last() {
-            return Ok(coracle_events::envelope::decode::<T>(last)?.data);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("no {subject} within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// A function consuming NATS with its log (debug level) kept in a file.
 fn spawn_logged(h: &Harness, function: &str) -> anyhow::Result<ChildGuard> {
@@ -92,7 +78,7 @@ async fn nothing_emitted_during_a_backup_and_restore_holds_a_secret() -> anyhow:
     // A backup of the shop namespace, then a restore of its web pod's data into a new pod.
     let backup = BackupRequest { name: "sec".into(), included_namespaces: vec!["shop".into()], ..Default::default() };
     h.request(backup, "sec").await?;
-    let done: BackupCompleted = wait_event(&h, subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
+    let done: BackupCompleted = h.wait_event(subjects::BACKUP_COMPLETED, Duration::from_secs(120)).await?;
     assert_eq!(done.phase, BackupPhase::Completed, "{done:?}");
     let pods: kube::Api<Pod> = kube::Api::namespaced(h.sim.client()?, "shop");
     pods.delete("web-7c9d8f6b5d-h2x9k", &Default::default()).await?;
@@ -110,7 +96,7 @@ async fn nothing_emitted_during_a_backup_and_restore_holds_a_secret() -> anyhow:
     let new_web = h.recreate_pod(&web, Some("web-7c9d8f6b5d-")).await?;
     let web_name = new_web.metadata.name.clone().context("generated name")?;
     h.wait_running("shop", &web_name).await?;
-    let restored: RestoreCompleted = wait_event(&h, subjects::RESTORE_COMPLETED, Duration::from_secs(60)).await?;
+    let restored: RestoreCompleted = h.wait_event(subjects::RESTORE_COMPLETED, Duration::from_secs(60)).await?;
     assert_eq!(restored.phase, BackupPhase::Completed, "{restored:?}");
     assert_eq!(std::fs::read_to_string(web_data.join("index.html"))?, "<h1>shop</h1>\n");
 

@@ -9,8 +9,8 @@ use crate::context::Context;
 use crate::handlers::record_result::publish_completion;
 use crate::jobs::backup_jobs;
 use crate::kube_cluster;
-use crate::kv_json::{Created, JsonKv};
-use crate::parents::{self, NamespaceParents};
+use crate::kv_json::Created;
+use crate::parents;
 use crate::plan_backup::plan_backup;
 use crate::record::{BackupRecord, RecordPhase};
 use crate::request::parse_backup_request;
@@ -18,7 +18,6 @@ use crate::settings::Settings;
 use crate::snapshot::ClusterSnapshot;
 use chrono::{DateTime, Utc};
 use coracle_events::consume::HandleError;
-use coracle_events::subjects::KV_PARENTS;
 use coracle_events::{function_source, BackupPlanned, BackupRef, BackupRequest, CloudEvent, PlannedVolume};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -112,8 +111,8 @@ async fn launch(
 /// Each volume's newest snapshot, when NATS holds hints (see `crate::parents`); none otherwise.
 async fn parent_hints(ctx: &Context, volumes: &[PlannedVolume]) -> BTreeMap<String, String> {
     let Some(nats) = &ctx.nats else { return BTreeMap::new() };
-    match JsonKv::<NamespaceParents>::open(&nats.js, KV_PARENTS, "").await {
-        Ok(kv) => parents::lookup(&kv, volumes).await,
+    match nats.parents().await {
+        Ok(kv) => parents::lookup(kv, volumes).await,
         Err(e) => {
             tracing::warn!("parent hints not read ({e}); the Jobs look their parents up");
             BTreeMap::new()

@@ -3,13 +3,11 @@
 //! exactly once, when the last volume is terminal.
 
 use crate::context::Context;
-use crate::kv_json::JsonKv;
 use crate::parents;
 use crate::record::BackupRecord;
 use crate::restore_state::{apply_to_entry, RestoreRecord, VolumeResult};
 use chrono::{DateTime, Utc};
 use coracle_events::consume::HandleError;
-use coracle_events::subjects::KV_PARENTS;
 use coracle_events::{
     function_source, BackupRef, CloudEvent, EventData, VolumeBackupCompleted, VolumeBackupFailed,
     VolumeRestoreCompleted, VolumeRestoreFailed,
@@ -237,8 +235,8 @@ pub async fn publish_completion(ctx: &Context, record: &BackupRecord) -> Result<
 /// Best effort: without hints the Jobs look their parents up, so a failure is only logged.
 async fn remember_parents(ctx: &Context, record: &BackupRecord) {
     let Some(nats) = &ctx.nats else { return };
-    let stored = match JsonKv::open(&nats.js, KV_PARENTS, "").await {
-        Ok(kv) => parents::remember(&kv, record).await,
+    let stored = match nats.parents().await {
+        Ok(kv) => parents::remember(kv, record).await,
         Err(e) => Err(e),
     };
     if let Err(e) = stored {

@@ -116,6 +116,11 @@ impl SnapshotFilter {
     }
 }
 
+/// A full restic snapshot id: 64 hex digits (never a prefix, never anything restic could read as a flag).
+pub fn is_snapshot_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Parses `restic snapshots --json` output (`null` from old versions means none).
 pub fn parse_snapshots(stdout: &str) -> Result<Vec<Snapshot>, serde_json::Error> {
     let list: Option<Vec<Snapshot>> = serde_json::from_str(stdout.trim())?;
@@ -173,6 +178,14 @@ mod tests {
         assert!(parse_snapshots("null\n").unwrap().is_empty());
         assert!(parse_snapshots("Fatal: nope").is_err());
         assert_eq!(newest(Vec::new()), None);
+    }
+
+    #[test]
+    fn snapshot_ids() {
+        let full = "f".repeat(64);
+        assert!(is_snapshot_id(&full));
+        assert!(!is_snapshot_id("abc"));
+        assert!(!is_snapshot_id(&format!("-{}", &full[1..])));
     }
 
     #[test]

@@ -67,6 +67,43 @@ pub struct Run<O> {
     pub termination: String,
 }
 
+impl Fixture {
+    /// Backs up pod `pod_uid`'s volume `data` (PVC `data-db-0` on the CSI PV `pv-1`, namespace `shop`)
+    /// with the backup subcommand, as the restore tests start; returns the snapshot id ("" for an
+    /// empty volume).
+    pub fn backup_pv1(&self, pod_uid: &str, job: &str, master_key: &str) -> String {
+        const PVC_UID: &str = "7d9e0c52-1111-2222-3333-444455556666";
+        let volume = coracle_events::PlannedVolume {
+            namespace: "shop".into(),
+            pod: "db-0".into(),
+            pod_uid: pod_uid.into(),
+            volume: "data".into(),
+            node: "node-1".into(),
+            source: coracle_events::VolumeSource::Pvc,
+            pvc: Some("data-db-0".into()),
+            pvc_uid: Some(PVC_UID.into()),
+            pv: Some("pv-1".into()),
+            dir: "pv-1".into(),
+            identity: format!("pvc:{PVC_UID}"),
+        };
+        let termination = self.root.join("termination-backup");
+        let run: Run<coracle_events::VolumeOutcome> = run_job(
+            self.job("backup", job, master_key, &termination)
+                .env("CORACLE_VOLUMES", serde_json::to_string(&[volume]).unwrap())
+                .env("CORACLE_BACKUP_NAME", "nightly")
+                .env("CORACLE_BACKUP_UID", "b0a5e7d2-0000-4111-8222-333344445555")
+                .env("CORACLE_PODS_ROOT", self.pods()),
+            &termination,
+            master_key,
+        );
+        assert_eq!(run.code, 0, "backup failed:\n{}", run.stderr);
+        let coracle_events::VolumeOutcome::Completed(completed) = run.outcome else {
+            panic!("{:?}\n{}", run.outcome, run.stderr)
+        };
+        completed.snapshot_id
+    }
+}
+
 /// Runs a job command, reads its termination message, and checks that no secret leaked into
 /// anything it wrote.
 pub fn run_job<O: serde::de::DeserializeOwned>(cmd: &mut Command, termination: &Path, master_key: &str) -> Run<O> {
