@@ -10,6 +10,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 bash scripts/install-tools.sh
 export PATH="$root/.tools/bin:$PATH"
+# A one-off build gains nothing from incremental state, which would double the target directory on disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 cargo build --workspace --bins --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   # The crates have no doctests, so nextest (which skips them) runs every test there is.

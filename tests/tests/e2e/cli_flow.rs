@@ -18,7 +18,7 @@ const DB0_PV: &str = "pvc-4e7d0b11-data-db-0";
 const LIMIT: Duration = Duration::from_secs(120);
 
 async fn start(name: &str) -> anyhow::Result<Harness> {
-    let h = Harness::start(name, include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
+    let h = Harness::start(name, include_str!("../../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
     h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     h.wait_running("shop", "db-0").await?;
     h.wait_running("shop", "db-1").await?;
@@ -148,7 +148,7 @@ async fn backup_run_needs_no_nats_and_joins_its_own_jobs_when_run_again() -> any
     // No functions, no `setup nats`: only the API and the Jobs. The command is the one the example
     // one-shot Job runs (deploy/examples/backup-run-job.yaml), run here with the cluster's kubeconfig.
     let job: k8s_openapi::api::batch::v1::Job =
-        serde_yaml::from_str(include_str!("../../deploy/examples/backup-run-job.yaml"))?;
+        serde_yaml::from_str(include_str!("../../../deploy/examples/backup-run-job.yaml"))?;
     let args = job.spec.and_then(|s| s.template.spec).and_then(|p| p.containers.first()?.args.clone());
     let args = args.context("the example Job's container args")?;
     assert_eq!(args[..3], ["backup", "run", "shop-manual-1"], "the example runs `coracle backup run`");
@@ -210,7 +210,7 @@ async fn bad_input_fails_clearly_and_kubectl_runs_coracle_as_a_plugin() -> anyho
     // A backup that has a record of another uid (not made by this command) is refused by name.
     h.coracle(&["setup", "nats", "--nats", &nats])?;
     let kv = h.js().await?.get_key_value(subjects::KV_BACKUPS).await?;
-    let mut other: Value = serde_json::from_str(include_str!("../../functions/tests/fixtures/cli/record.json"))?;
+    let mut other: Value = serde_json::from_str(include_str!("../../../functions/tests/fixtures/cli/record.json"))?;
     other["backup"]["name"] = "taken".into();
     kv.put("taken", serde_json::to_vec(&other)?.into()).await?;
     let out = run(&h, &["backup", "create", "taken", "--nats", &nats])?;

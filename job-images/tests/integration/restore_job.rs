@@ -2,7 +2,7 @@
 //! of that snapshot into pod B (a new pod uid, a new empty volume directory), with real
 //! restic (0.18, and 0.14 when installed) and, for events, a real nats-server.
 
-mod common;
+use crate::common;
 
 use common::*;
 use coracle_events::{RestoreOutcome, RestoreVolume};

@@ -23,7 +23,8 @@ const WEB_PV: &str = "pvc-3f1c9b52-web-data";
 const WEB_PVC_UID: &str = "7a4b0a11-2222-4222-8222-000000000001";
 
 async fn start() -> anyhow::Result<Harness> {
-    let h = Harness::start("backup-flow", include_str!("../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
+    let h =
+        Harness::start("backup-flow", include_str!("../../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
     // Real files: in the PVs' storage (mounted into the pods' volume directories on their nodes) and in the
     // web pod's emptyDir.
     let web = h.pv_data_dir(WEB_PV)?;

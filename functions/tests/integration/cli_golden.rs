@@ -1,7 +1,7 @@
 //! Golden tests for what people and scripts read: the tables and JSON/YAML of `backup get`,
 //! `backup describe` and `restore describe` over fixed records (`fixtures/cli/`). A change to the
 //! output shows up as a diff against `fixtures/cli/*.golden`; after checking it is intended,
-//! `CORACLE_UPDATE_GOLDEN=1 cargo test -p coracle-functions --test cli_golden` rewrites them.
+//! `CORACLE_UPDATE_GOLDEN=1 cargo test -p coracle-functions --test integration cli_golden` rewrites them.
 
 use coracle_functions::cli::{backup_describe, backups_list, restore_describe, Format};
 use coracle_functions::record::BackupRecord;

@@ -1,7 +1,7 @@
 //! The restic adapter against real restic: 0.18 from .tools/bin always, 0.14 (Debian 12) when
 //! installed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use coracle_volume_job::keys::RepositoryPassword;

@@ -44,8 +44,9 @@ fn mount_on_node(h: &Harness, node: &str, path: &Path, size: &str) -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_repository_disk_fails_only_its_namespace_with_a_clear_reason() -> anyhow::Result<()> {
-    let objects =
-        include_str!("../fixtures/backup-faults.yaml").replace("__JOB_NATS__", "__NATS__").replace("__BACKOFF__", "0");
+    let objects = include_str!("../../fixtures/backup-faults.yaml")
+        .replace("__JOB_NATS__", "__NATS__")
+        .replace("__BACKOFF__", "0");
     let h = Harness::start("rel-disk-full", &objects, &["node-1", "node-2"]).await?;
     let media_repository = h.repos.join("media");
     if mount_on_node(&h, "node-2", &media_repository, "4m")?.is_none() {
@@ -108,8 +109,9 @@ async fn a_full_repository_disk_fails_only_its_namespace_with_a_clear_reason() -
 /// restic's reason; the shop namespace is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_repository_is_retried_then_fails_with_the_reason() -> anyhow::Result<()> {
-    let objects =
-        include_str!("../fixtures/backup-faults.yaml").replace("__JOB_NATS__", "__NATS__").replace("__BACKOFF__", "1");
+    let objects = include_str!("../../fixtures/backup-faults.yaml")
+        .replace("__JOB_NATS__", "__NATS__")
+        .replace("__BACKOFF__", "1");
     let h = Harness::start("rel-unreachable", &objects, &["node-1", "node-2"]).await?;
     let media_repository = h.repos.join("media");
     if mount_on_node(&h, "node-2", &media_repository, "1m,ro")?.is_none() {

@@ -29,7 +29,7 @@ async fn restore_without_the_backup_record_reads_the_repository_tags() -> anyhow
 }
 
 async fn scenario(name: &str, lose_record: bool) -> anyhow::Result<()> {
-    let h = Harness::start(name, include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
+    let h = Harness::start(name, include_str!("../../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     let web = h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     h.wait_running("shop", "db-0").await?;

@@ -28,7 +28,7 @@ const MEDIA_DATA: &str = "media/files-0/data";
 const REEL: usize = 48 << 20;
 
 async fn start(name: &str, backoff_limit_per_index: u32) -> anyhow::Result<Harness> {
-    let objects = include_str!("../fixtures/backup-faults.yaml")
+    let objects = include_str!("../../fixtures/backup-faults.yaml")
         .replace("__JOB_NATS__", "__NATS__")
         .replace("__BACKOFF__", &backoff_limit_per_index.to_string());
     let h = Harness::start(name, &objects, &["node-1", "node-2"]).await?;

@@ -6,7 +6,7 @@
 //! the first attempt, exits non-zero at once with the reason. Needs root (unshare, mount);
 //! skipped with a message otherwise.
 
-mod common;
+use crate::common;
 
 use common::*;
 use coracle_events::{RestoreOutcome, RestoreVolume};

@@ -15,8 +15,9 @@ const WEB_PV: &str = "pvc-9b1f3c2a-web-data";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restore_job_stops_the_pod_with_the_reason() -> anyhow::Result<()> {
-    let h = Harness::start("rel-restore-fails", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"])
-        .await?;
+    let h =
+        Harness::start("rel-restore-fails", include_str!("../../fixtures/demo-cluster.yaml"), &["node-1", "node-2"])
+            .await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     let web = h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     h.wait_running("shop", "db-0").await?;

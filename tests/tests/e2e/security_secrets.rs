@@ -54,7 +54,7 @@ fn cli(h: &Harness, args: &[&str]) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_emitted_during_a_backup_and_restore_holds_a_secret() -> anyhow::Result<()> {
-    let h = Harness::start("security-secrets", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"])
+    let h = Harness::start("security-secrets", include_str!("../../fixtures/demo-cluster.yaml"), &["node-1", "node-2"])
         .await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     // Repository credentials every Job gets (by reference) from this Secret.

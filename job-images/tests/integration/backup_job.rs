@@ -1,7 +1,7 @@
 //! End to end: the `coracle-volume-job backup` binary on a fake kubelet pods tree, with real
 //! restic (0.18, and 0.14 when installed) and, for events, a real nats-server.
 
-mod common;
+use crate::common;
 
 use common::*;
 use coracle_events::{PlannedVolume, VolumeOutcome, VolumeSource};

@@ -34,7 +34,7 @@ const MEDIA_DATA: &str = "media/files-0/data";
 
 /// The fault cluster with the Jobs' NATS URL (`__NATS__` for the real server) and `backoffLimitPerIndex`.
 async fn start(name: &str, job_nats: &str, backoff_limit_per_index: u32) -> anyhow::Result<Harness> {
-    let objects = include_str!("../fixtures/backup-faults.yaml")
+    let objects = include_str!("../../fixtures/backup-faults.yaml")
         .replace("__JOB_NATS__", job_nats)
         .replace("__BACKOFF__", &backoff_limit_per_index.to_string());
     let h = Harness::start(name, &objects, &["node-1", "node-2"]).await?;

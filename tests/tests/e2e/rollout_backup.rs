@@ -14,12 +14,12 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_through_the_validating_webhook_backs_up_the_workload_once() -> anyhow::Result<()> {
-    let h =
-        Harness::start("rollout-backup", include_str!("../fixtures/demo-cluster.yaml"), &["node-1", "node-2"]).await?;
+    let h = Harness::start("rollout-backup", include_str!("../../fixtures/demo-cluster.yaml"), &["node-1", "node-2"])
+        .await?;
     h.wait_running("shop", "web-7c9d8f6b5d-h2x9k").await?;
     write_file(&h.pv_data_dir("pvc-9b1f3c2a-web-data")?.join("index.html"), b"<h1>shop</h1>\n")?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
-    for doc in serde_yaml::Deserializer::from_str(include_str!("../../deploy/examples/trigger-policy.yaml")) {
+    for doc in serde_yaml::Deserializer::from_str(include_str!("../../../deploy/examples/trigger-policy.yaml")) {
         let policy: serde_json::Value = serde::Deserialize::deserialize(doc)?;
         h.sim.store().put(policy)?;
     }

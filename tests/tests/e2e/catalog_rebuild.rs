@@ -83,8 +83,8 @@ fn restic_with(h: &Harness, generation: u32, args: &[&str]) -> std::process::Out
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_after_losing_kv_then_rotate_the_key() -> anyhow::Result<()> {
-    let h =
-        Harness::start("catalog-rebuild", include_str!("../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
+    let h = Harness::start("catalog-rebuild", include_str!("../../fixtures/backup-flow.yaml"), &["node-1", "node-2"])
+        .await?;
     let nats = h.nats.url();
     h.coracle(&["setup", "nats", "--nats", &nats])?;
     write_file(&h.pv_data_dir(WEB_PV)?.join("index.html"), b"<h1>shop</h1>\n")?;

@@ -58,7 +58,7 @@ fn maintenance_jobs(h: &Harness) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_backups_are_forgotten_pruned_and_the_kept_one_restores() -> anyhow::Result<()> {
-    let h = Harness::start("retention", include_str!("../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
+    let h = Harness::start("retention", include_str!("../../fixtures/backup-flow.yaml"), &["node-1", "node-2"]).await?;
     h.coracle(&["setup", "nats", "--nats", &h.nats.url()])?;
     let data = h.pv_data_dir(WEB_PV)?;
     write_file(&data.join("shared.bin"), &random(1 << 20))?;

@@ -1,0 +1,37 @@
+//! End-to-end tests: one test binary (each file a module) so the suite links once, not once per file;
+//! nextest still runs every test in its own process.
+
+mod admission_cache;
+mod backup_faults;
+mod backup_flow;
+mod catalog_rebuild;
+mod cli_flow;
+mod consume_batch;
+mod dead_letters;
+mod deploy_install;
+mod deploy_manifests;
+mod deploy_real_cluster;
+mod lambda_runner;
+mod maintenance;
+mod record_result_batch;
+mod reliability_backup;
+mod reliability_hostile;
+mod reliability_restore;
+mod reliability_schedules;
+mod reliability_storage;
+mod restore_flow;
+mod retention;
+mod rollout_backup;
+mod schedule_tick;
+mod security_nats;
+mod security_secrets;
+mod serve_https;
+mod sim_admission;
+mod sim_binary;
+mod sim_kube;
+mod sim_kubectl;
+mod sim_kubelet;
+mod sim_kubelet_jobs;
+mod sim_lambda;
+mod sim_nats;
+mod triggers_flow;
