@@ -89,18 +89,37 @@ impl<T: Serialize + DeserializeOwned> JsonKv<T> {
     /// Applies `change` with compare-and-set, retrying on concurrent updates. `change` returns
     /// whether it changed anything; an unchanged document is not written. Returns the document
     /// as stored afterwards, or None when there is none.
-    pub async fn modify<F>(&self, key: &str, mut change: F) -> Result<Option<T>, StoreError>
+    pub async fn modify<F>(&self, key: &str, change: F) -> Result<Option<T>, StoreError>
+    where
+        F: FnMut(&mut T) -> bool,
+    {
+        Ok(self.modify_from(key, None, change).await?.map(|(doc, _)| doc))
+    }
+
+    /// [`Self::modify`] starting from a document and revision already in hand (the one this
+    /// process just wrote, say), which saves the read while nobody else has written since; a
+    /// conflict falls back to reading. Returns the document as stored and its revision.
+    pub async fn modify_from<F>(
+        &self,
+        key: &str,
+        mut known: Option<(T, u64)>,
+        mut change: F,
+    ) -> Result<Option<(T, u64)>, StoreError>
     where
         F: FnMut(&mut T) -> bool,
     {
         let full = format!("{}{key}", self.prefix);
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut doc, revision)) = self.get(key).await? else { return Ok(None) };
+            let current = match known.take() {
+                Some(doc) => Some(doc),
+                None => self.get(key).await?,
+            };
+            let Some((mut doc, revision)) = current else { return Ok(None) };
             if !change(&mut doc) {
-                return Ok(Some(doc));
+                return Ok(Some((doc, revision)));
             }
             match self.kv.update(full.as_str(), Self::encode(&doc), revision).await {
-                Ok(_) => return Ok(Some(doc)),
+                Ok(written) => return Ok(Some((doc, written))),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(self.unavailable(e)),
             }

@@ -105,23 +105,27 @@ pub async fn lookup(kv: &JsonKv<NamespaceParents>, volumes: &[PlannedVolume]) ->
     hints
 }
 
-/// Records the completed volumes of a terminal backup as the newest parents of their identities
-/// (compare-and-set per namespace; an older backup recorded late changes nothing).
-pub async fn remember(kv: &JsonKv<NamespaceParents>, record: &BackupRecord) -> Result<(), StoreError> {
-    let namespaces: BTreeSet<&str> = record.volumes.values().map(|v| v.volume.namespace.as_str()).collect();
-    for ns in namespaces {
-        if kv.modify(ns, |doc| doc.merge(record, ns)).await?.is_some() {
-            continue;
+/// Records the completed volumes of terminal backups as the newest parents of their identities:
+/// one compare-and-set per namespace for all of them (record-result hands it a whole fetch's
+/// completions), namespaces concurrently; an older backup recorded late changes nothing.
+pub async fn remember(kv: &JsonKv<NamespaceParents>, records: &[&BackupRecord]) -> Result<(), StoreError> {
+    let namespaces: BTreeSet<&str> =
+        records.iter().flat_map(|r| r.volumes.values().map(|v| v.volume.namespace.as_str())).collect();
+    let merge_all = |doc: &mut NamespaceParents, ns: &str| records.iter().fold(false, |c, r| doc.merge(r, ns) | c);
+    let writes = namespaces.into_iter().map(|ns| async move {
+        if kv.modify(ns, |doc| merge_all(doc, ns)).await?.is_some() {
+            return Ok(());
         }
         // The namespace's first hints; a concurrent first writer makes it a merge after all.
         let mut fresh = NamespaceParents::default();
-        if fresh.merge(record, ns) {
+        if merge_all(&mut fresh, ns) {
             if let Created::Exists(_) = kv.create(ns, &fresh).await? {
-                kv.modify(ns, |doc| doc.merge(record, ns)).await?;
+                kv.modify(ns, |doc| merge_all(doc, ns)).await?;
             }
         }
-    }
-    Ok(())
+        Ok(())
+    });
+    futures::future::try_join_all(writes).await.map(|_| ())
 }
 
 #[cfg(test)]

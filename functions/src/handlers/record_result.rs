@@ -100,8 +100,9 @@ pub async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), HandleError> {
 
 /// Handles the messages of one fetch: every result for one backup is merged into its record
 /// with ONE compare-and-set (instead of a read and a write of the whole record per volume),
-/// records are updated concurrently, restore results one by one. Returns one outcome per
-/// payload, in order; a payload that does not decode fails alone.
+/// records are updated concurrently, the parent hints of all backups the fetch completed are
+/// written together, restore results go one by one. Returns one outcome per payload, in order;
+/// a payload that does not decode fails alone.
 pub async fn handle_batch(ctx: &Context, payloads: &[&[u8]]) -> Vec<Result<(), HandleError>> {
     let mut outcomes: Vec<Option<Result<(), HandleError>>> = vec![None; payloads.len()];
     let mut backups = Vec::new();
@@ -112,32 +113,88 @@ pub async fn handle_batch(ctx: &Context, payloads: &[&[u8]]) -> Vec<Result<(), H
             Err(e) => outcomes[i] = Some(Err(e)),
         }
     }
-    let groups = group_by_record(backups);
-    let mut recorded = futures::stream::iter(groups)
-        .map(|(name, group)| record_group(ctx, name, group))
-        .buffer_unordered(CONCURRENT_RECORDS);
-    while let Some(group) = recorded.next().await {
-        for (i, outcome) in group {
-            outcomes[i] = Some(outcome);
-        }
+    for (i, outcome) in record_groups(ctx, group_by_record(backups)).await {
+        outcomes[i] = Some(outcome);
     }
     outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(HandleError::retryable("result was not handled")))).collect()
 }
 
-/// Merges one backup's results into its record by compare-and-set (re-applying them all when
-/// a concurrent writer got there first), then publishes the backup's completion if this made
-/// it terminal. Returns each message's outcome.
-async fn record_group(
-    ctx: &Context,
-    name: String,
+/// One backup's results merged into its record: the record as stored, with its revision.
+struct Merged {
     group: Vec<(usize, BackupResult)>,
+    stored: Result<(BackupRecord, u64), HandleError>,
+}
+
+impl Merged {
+    /// The record and revision, when this merge made the backup terminal and its completion is
+    /// still to be announced (only results of the record's own uid may announce it).
+    fn due(&self) -> Option<&(BackupRecord, u64)> {
+        let stored = self.stored.as_ref().ok()?;
+        let record = &stored.0;
+        let ours = self.group.iter().any(|(_, r)| r.backup().uid == record.backup.uid);
+        (ours && record.completion().is_some() && !record.completion_published).then_some(stored)
+    }
+
+    /// Each message's outcome, given how announcing the completion went.
+    fn outcomes(self, completion: Result<(), HandleError>) -> Vec<(usize, Result<(), HandleError>)> {
+        let Merged { group, stored } = self;
+        group
+            .into_iter()
+            .map(|(i, result)| {
+                let outcome = match &stored {
+                    Err(e) => Err(e.clone()),
+                    Ok((record, _)) if record.backup.uid != result.backup().uid => {
+                        Err(HandleError::permanent(format!(
+                            "result for backup {} uid {} but the record has uid {}",
+                            result.backup().name,
+                            result.backup().uid,
+                            record.backup.uid
+                        )))
+                    }
+                    Ok(_) => completion.clone(),
+                };
+                (i, outcome)
+            })
+            .collect()
+    }
+}
+
+/// Merges each group into its record (concurrently), stores the parent hints of every backup
+/// that became terminal with one write per namespace, then announces those completions.
+async fn record_groups(
+    ctx: &Context,
+    groups: BTreeMap<String, Vec<(usize, BackupResult)>>,
 ) -> Vec<(usize, Result<(), HandleError>)> {
+    let merged: Vec<Merged> = futures::stream::iter(groups)
+        .map(|(name, group)| merge_group(ctx, name, group))
+        .buffer_unordered(CONCURRENT_RECORDS)
+        .collect()
+        .await;
+    let due: Vec<&BackupRecord> = merged.iter().filter_map(|m| m.due().map(|(record, _)| record)).collect();
+    remember_parents(ctx, &due).await;
+    futures::stream::iter(merged)
+        .map(|m| async move {
+            let completion = match m.due() {
+                Some((record, revision)) => announce(ctx, record, Some(*revision)).await,
+                None => Ok(()),
+            };
+            m.outcomes(completion)
+        })
+        .buffer_unordered(CONCURRENT_RECORDS)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await
+}
+
+/// Merges one backup's results into its record by compare-and-set (re-applying them all when
+/// a concurrent writer got there first).
+async fn merge_group(ctx: &Context, name: String, group: Vec<(usize, BackupResult)>) -> Merged {
     let stored = match ctx.records() {
         None => Err(HandleError::permanent("record-result needs NATS (--nats)")),
         Some(records) => {
             let now = Utc::now();
-            match records.modify(&name, |r| apply_all(r, group.iter().map(|(_, g)| g), now)).await {
-                Ok(Some(record)) => Ok(record),
+            match records.modify_from(&name, None, |r| apply_all(r, group.iter().map(|(_, g)| g), now)).await {
+                Ok(Some(stored)) => Ok(stored),
                 // The plan is written before any Job starts, so a missing record is a reordering
                 // (or a lost KV): retry, and dead-letter with the reason if it never appears.
                 Ok(None) => Err(HandleError::retryable(format!("no record for backup {name} yet"))),
@@ -145,28 +202,7 @@ async fn record_group(
             }
         }
     };
-    let completion = match &stored {
-        Ok(record) if group.iter().any(|(_, r)| r.backup().uid == record.backup.uid) => {
-            publish_completion(ctx, record).await
-        }
-        _ => Ok(()),
-    };
-    group
-        .into_iter()
-        .map(|(i, result)| {
-            let outcome = match &stored {
-                Err(e) => Err(e.clone()),
-                Ok(record) if record.backup.uid != result.backup().uid => Err(HandleError::permanent(format!(
-                    "result for backup {} uid {} but the record has uid {}",
-                    name,
-                    result.backup().uid,
-                    record.backup.uid
-                ))),
-                Ok(_) => completion.clone(),
-            };
-            (i, outcome)
-        })
-        .collect()
+    Merged { group, stored }
 }
 
 /// One decoded result on its own.
@@ -175,8 +211,8 @@ async fn handle_decoded(ctx: &Context, decoded: Decoded) -> Result<(), HandleErr
         Decoded::RestoreCompleted(ev) => restore_result(ctx, &ev.volume.clone(), VolumeResult::Completed(&ev)).await,
         Decoded::RestoreFailed(ev) => restore_result(ctx, &ev.volume.clone(), VolumeResult::Failed(&ev)).await,
         Decoded::Backup(result) => {
-            let name = result.backup().name.clone();
-            record_group(ctx, name, vec![(0, result)]).await.pop().map_or(Ok(()), |(_, outcome)| outcome)
+            let groups = group_by_record(vec![(0, result)]);
+            record_groups(ctx, groups).await.pop().map_or(Ok(()), |(_, outcome)| outcome)
         }
     }
 }
@@ -210,18 +246,28 @@ async fn restore_result(
 /// Publishes the completion of a terminal backup once: the deterministic event id makes a
 /// repeat within the duplicate window a no-op, and the record's flag stops any later repeat.
 pub async fn publish_completion(ctx: &Context, record: &BackupRecord) -> Result<(), HandleError> {
+    if record.completion().is_none() || record.completion_published {
+        return Ok(());
+    }
+    remember_parents(ctx, &[record]).await;
+    announce(ctx, record, None).await
+}
+
+/// Emits the completion event, then sets the record's flag; `revision` is the record's as just
+/// written, when known, to save re-reading it.
+async fn announce(ctx: &Context, record: &BackupRecord, revision: Option<u64>) -> Result<(), HandleError> {
     let Some(data) = record.completion() else { return Ok(()) };
     if record.completion_published {
         return Ok(());
     }
-    remember_parents(ctx, record).await;
     let uid = record.backup.uid.clone();
     let event =
         CloudEvent::new(format!("{uid}.completed"), function_source(NAME), Some(record.backup.name.clone()), data);
     ctx.emit(&event).await?;
     if let Some(records) = ctx.records() {
+        let known = revision.map(|rev| (record.clone(), rev));
         records
-            .modify(&record.backup.name, |r| {
+            .modify_from(&record.backup.name, known, |r| {
                 let first = r.backup.uid == uid && !r.completion_published;
                 r.completion_published |= first;
                 first
@@ -231,16 +277,20 @@ pub async fn publish_completion(ctx: &Context, record: &BackupRecord) -> Result<
     Ok(())
 }
 
-/// The terminal backup's snapshots become the next backups' parent hints (`crate::parents`).
+/// Terminal backups' snapshots become the next backups' parent hints (`crate::parents`).
 /// Best effort: without hints the Jobs look their parents up, so a failure is only logged.
-async fn remember_parents(ctx: &Context, record: &BackupRecord) {
+async fn remember_parents(ctx: &Context, records: &[&BackupRecord]) {
     let Some(nats) = &ctx.nats else { return };
+    if records.is_empty() {
+        return;
+    }
     let stored = match nats.parents().await {
-        Ok(kv) => parents::remember(kv, record).await,
+        Ok(kv) => parents::remember(kv, records).await,
         Err(e) => Err(e),
     };
     if let Err(e) = stored {
-        tracing::warn!("parent hints of backup {} not stored: {e}", record.backup.name);
+        let names: Vec<&str> = records.iter().map(|r| r.backup.name.as_str()).collect();
+        tracing::warn!("parent hints of backups {} not stored: {e}", names.join(", "));
     }
 }
 

@@ -423,3 +423,69 @@ async fn two_drains_at_once_count_every_result_once() -> anyhow::Result<()> {
     assert!(s.dead_letters().await?.is_empty());
     Ok(())
 }
+
+/// A fetch that completes several backups of one namespace stores all their parent hints (one
+/// write of the namespace's document for the lot), and each backup is announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_completing_many_backups_stores_every_parent_hint() -> anyhow::Result<()> {
+    let s = Setup::start().await?;
+    let names = ["a", "b", "c", "d"];
+    let volumes = 5;
+    for name in names {
+        s.plan(name, volumes).await?;
+    }
+    let full_id = |n: usize, i: usize| format!("{:060x}{n:02x}{i:02x}", 7);
+    let mut batch = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        for i in 0..volumes {
+            let mut done = completed(name, i, 0);
+            done.snapshot_id = full_id(n, i);
+            batch.push(payload(&format!("{name}-{i}"), name, done));
+        }
+    }
+    let ctx = s.context().await?;
+    let outcomes = record_result::handle_batch(&ctx, &batch.iter().map(Vec::as_slice).collect::<Vec<_>>()).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let hints: JsonKv<coracle_functions::parents::NamespaceParents> =
+        JsonKv::open(&s.js, subjects::KV_PARENTS, "").await?;
+    let (doc, _) = hints.get("team").await?.context("no hints for the namespace")?;
+    for (n, name) in names.iter().enumerate() {
+        for i in 0..volumes {
+            let hint = doc.parents.get(&volume(name, i).identity).with_context(|| format!("{name}/{i} has no hint"))?;
+            assert_eq!(hint.snapshot_id, full_id(n, i));
+        }
+    }
+    let completions = s.completions().await?;
+    for name in names {
+        assert_eq!(completion_of(&completions, name).len(), 1, "{name}: {completions:?}");
+        assert!(s.record(name).await?.completion_published, "{name}");
+    }
+    Ok(())
+}
+
+/// `modify_from` with a revision someone else has since written past re-reads and applies the
+/// change to the newer document: neither write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_known_revision_falls_back_to_reading() -> anyhow::Result<()> {
+    let s = Setup::start().await?;
+    s.plan("stale", 1).await?;
+    let known = s.records.get("stale").await?.context("record missing")?;
+    s.records
+        .modify("stale", |r| {
+            r.jobs.push("other".into());
+            true
+        })
+        .await?;
+    let (stored, revision) = s
+        .records
+        .modify_from("stale", Some(known.clone()), |r| {
+            r.jobs.push("mine".into());
+            true
+        })
+        .await?
+        .context("record missing")?;
+    assert!(revision > known.1 + 1, "written after the other writer");
+    assert!(stored.jobs.ends_with(&["other".to_string(), "mine".to_string()]), "{:?}", stored.jobs);
+    assert_eq!(s.record("stale").await?.jobs, stored.jobs);
+    Ok(())
+}
