@@ -259,6 +259,23 @@ pub struct Cluster {
     nodes: Mutex<BTreeMap<String, NodeHandle>>,
 }
 
+/// Orders the pods of one index oldest attempt first. Creation timestamps have second resolution, so a
+/// retry made within the same second ties with the pod it replaces: the per-index failure count breaks
+/// that tie, and a failed pod sorts before one that is still running or succeeded (a replacement is only
+/// created after its predecessor failed).
+fn attempt_order(pod: &Pod) -> (u32, i64, bool) {
+    let failures = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(job_controller::INDEX_FAILURE_COUNT))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond());
+    let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
+    (failures, created, !failed)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -510,7 +527,7 @@ impl Cluster {
         let indexes = by_index
             .into_iter()
             .map(|(index, mut pods)| {
-                pods.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond()).unwrap_or(0));
+                pods.sort_by_key(attempt_order);
                 let attempts = pods.len();
                 let succeeded =
                     pods.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));

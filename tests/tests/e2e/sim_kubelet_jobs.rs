@@ -158,8 +158,11 @@ spec:
         tokio::spawn(async move {
             let mut most = 0;
             for _ in 0..600 {
-                let active =
-                    store.get_as::<Job>("batch", "volumes").ok().flatten().and_then(|j| j.status?.active).unwrap_or(0);
+                let status = store.get_as::<Job>("batch", "volumes").ok().flatten().and_then(|j| j.status);
+                if status.as_ref().is_some_and(|s| s.completion_time.is_some()) {
+                    break;
+                }
+                let active = status.and_then(|s| s.active).unwrap_or(0);
                 let running = store
                     .list_as::<Pod>(Some("batch"))
                     .unwrap_or_default()
