@@ -1,6 +1,7 @@
 # Builds bench/results.json (SPEC §11) from the benches' own reports; run by scripts/bench.sh.
 # Inputs: $b1 (criterion medians per size), $b2 $b3 $b4 $vj $b8 (target/bench/*.json, slurped),
-# $cores, $memory_mb, $date, $quick.
+# $cores, $memory_mb, $date, $quick, $only (the benches rerun for this report; empty: all of them),
+# $measured (each bench output file and when it was written).
 def r3: (. * 1000 | round) / 1000;
 def r1: (. * 10 | round) / 10;
 def figure($value; $unit; $target; $better; $compared; $notes):
@@ -32,11 +33,13 @@ def figure($value; $unit; $target; $better; $compared; $notes):
   B6: figure($vj.B6.speedup_2; "ratio"; 1.0; "higher"; "per-node concurrency 1 (Velero's default)";
     "speed-up (wall at concurrency 1 / wall at c), 8 volumes x \($vj.B6.mib_per_volume) MiB, \($vj.B6.cores) cores: c=2 \($vj.B6.speedup_2 | r3)x, c=4 \($vj.B6.speedup_4 | r3)x; walls c=1 \($vj.B6.runs.parallelism_1_s.median | r3) s, c=2 \($vj.B6.runs.parallelism_2_s.median | r3) s, c=4 \($vj.B6.runs.parallelism_4_s.median | r3) s. The issue sets no bound (target 1.0 = not slower); the ceiling is the core count"),
   B7: figure($vj.B7.ratio; "ratio"; 0.2; "lower"; "restic's default parent choice (same host and paths: none after the pod uid changed)";
-    "second backup of the unchanged \($vj.B7.data_mib) MiB volume after the pod was re-created with a new uid, medians of \($vj.B7.repetitions): job binary (parent by identity tag) \($vj.B7.job_identity_parent_s.median | r3) s vs restic backup with no parent found \($vj.B7.restic_path_parent_s.median | r3) s"),
+    "second backup of the unchanged \($vj.B7.data_mib) MiB volume after the pod was re-created with a new uid, medians of \($vj.B7.repetitions): job binary (parent by identity tag) \($vj.B7.job_identity_parent_s.median | r3) s vs restic backup with no parent found \($vj.B7.restic_path_parent_s.median | r3) s; floor: restic told the right parent by hand \($vj.B7.restic_given_parent_s.median | r3) s (ratio \($vj.B7.floor_ratio | r3)), so restic's own fixed cost (key, index, lstat of every file) bounds what any parent choice can reach here"),
   B8: figure($b8.results_per_s; "per_s"; 2000; "higher"; "-";
     "\($b8.results) volume results (\($b8.backups) backups x \($b8.volumes_per_backup) volumes) + \($b8.republished_new_ids) re-publications under new ids + \($b8.republished_same_ids) same-id duplicates, one coracle fn record-result --drain process, real nats-server: last backup completed after \($b8.seconds_to_last_completion | r3) s; checked: \($b8.volumes_completed) volumes Completed with their snapshot ids, \($b8.completion_events) coracle.backup.completed events (one per backup), \($b8.dead_letters) dead letters"),
   machine: {cores: $cores, memory_mb: $memory_mb,
-    note: "shared 2-core machine: other builds and tests ran at the same time; ratios measured side by side are what count"},
+    note: "2-core machine, nothing else running during the full run; ratios measured side by side are what count"},
   date: $date,
-  quick: ($quick == "1")
+  quick: ($quick == "1"),
+  rerun_only: (if $only == "" then null else ($only | split(",")) end),
+  measured: $measured
 }

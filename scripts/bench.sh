@@ -2,8 +2,10 @@
 # Issue 8's benchmarks, B1-B8, in one command: builds the release binaries, runs every bench
 # side by side on this machine, writes bench/results.json (SPEC §11) and prints a table.
 #
-#   bash scripts/bench.sh              # the full run (about 10 minutes on 2 cores)
+#   bash scripts/bench.sh              # the full run (about 22 minutes on 2 cores)
 #   BENCH_QUICK=1 bash scripts/bench.sh  # smaller data and fewer samples (about 4 minutes)
+#   BENCH_ONLY="volume_job" bash scripts/bench.sh  # rerun some benches (by --bench name; "none"
+#       rebuilds only the report), keeping the others' last output; results.json says when each ran
 #
 # Scale knobs (the defaults are the issue's sizes): CORACLE_BENCH_DATA_MB (B5-B7 data, 1024),
 # CORACLE_BENCH_REPS (B5-B7 repetitions, 3), CORACLE_BENCH_B1_SIZES (pods, "1000,10000,50000"),
@@ -31,9 +33,14 @@ started=$(date +%s)
 
 echo "== building release binaries"
 cargo build --release --workspace --bins --quiet
-rm -rf target/bench target/criterion/b1
+[ -n "${BENCH_ONLY:-}" ] || rm -rf target/bench target/criterion/b1
 
 run() {
+  local bench=${*: -1}
+  if [ -n "${BENCH_ONLY:-}" ] && [[ " ${BENCH_ONLY//,/ } " != *" $bench "* ]]; then
+    echo "== $1: kept from the last run"
+    return
+  fi
   echo "== $1"
   shift
   cargo bench --quiet "$@"
@@ -55,6 +62,10 @@ b1=$(for n in ${sizes//,/ }; do
     '{pods: $n, floor_s: $floor, pods_and_plan_s: $with_plan, all_and_plan_s: $all, plan_s: $plan}'
 done | jq -s '.')
 
+# When each bench last wrote its output (BENCH_ONLY keeps the others' earlier figures).
+measured=$(for f in target/bench/*.json target/criterion/b1/plan/*/new/estimates.json; do
+  jq -n --arg f "$f" --arg t "$(date -u -r "$f" +%Y-%m-%dT%H:%M:%SZ)" '{($f): $t}'
+done | jq -s 'add')
 memory_mb=$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 }' /proc/meminfo)
 jq -n \
   --argjson b1 "$b1" \
@@ -64,7 +75,7 @@ jq -n \
   --slurpfile vj target/bench/volume_job.json \
   --slurpfile b8 target/bench/record_result.json \
   --argjson cores "$(nproc)" --argjson memory_mb "$memory_mb" \
-  --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg quick "${BENCH_QUICK:-0}" \
+  --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg quick "${BENCH_QUICK:-0}" --arg only "${BENCH_ONLY:-}" --argjson measured "$measured" \
   -f bench/results.jq >bench/results.json
 [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$CORACLE_BENCH_TMP"
 

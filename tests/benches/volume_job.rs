@@ -6,16 +6,18 @@
 //!   repositories: the job binary's first backup (it initialises the repository, as in a
 //!   cluster) against `restic init` + `restic backup` run directly; then ~1% of the files change
 //!   and each does its incremental backup (restic finds its parent by path; the job is given
-//!   it as plan-backup gives it, a parent hint recorded from the first backup's result). Wall ratio = median job / median restic. The job binary's own peak memory is its
-//!   `VmHWM`, sampled while it runs (restic, its child, is not counted).
+//!   it as plan-backup gives it, a parent hint recorded from the first backup's result). Wall
+//!   ratio = median job / median restic. The job binary's own peak memory is its `VmHWM`,
+//!   sampled while it runs (restic, its child, is not counted).
 //! - **B6** 8 volumes of DATA_MB/8 each on one node, backed up by 8 job processes of which at
 //!   most 1, 2 or 4 run at once (an Indexed Job's `parallelism`), into one namespace repository
 //!   (initialised beforehand, emptied between runs). Speed-up = wall(1) / wall(c).
 //! - **B7** the B5 volume after its pod was re-created: the pod directory moves to a new pod uid
 //!   (a PVC's data is the same inodes, bind-mounted at a new path). Timed: the job binary (parent
-//!   by identity: plan-backup's hint for the PVC's identity) against `restic backup` run directly in the new directory with
-//!   restic's default parent choice (same host and same paths: none, so every file is read and
+//!   by identity: plan-backup's hint for the PVC's identity) against `restic backup` run
+//!   directly in the new directory with restic's default parent choice (same host and same paths: none, so every file is read and
 //!   hashed again), each against its own copy of the repository holding the first snapshot.
+//!   Also timed, as the floor: restic run directly with the right `--parent` given by hand.
 //!
 //! `cargo bench -p coracle-tests --bench volume_job` writes `target/bench/volume_job.json`.
 //! Needs the release binaries (`cargo build --release --bins`) and restic (.tools/bin).
@@ -342,7 +344,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::remove_dir_all(&c_restic)?;
     }
     copy_tree(&c_job, &c_restic)?;
-    let (mut with_identity, mut path_based) = (vec![], vec![]);
+    let (mut with_identity, mut path_based, mut restic_given_parent) = (vec![], vec![], vec![]);
     let mut current = uid_a.clone();
     let mut parent = site.snapshot("b7-base", 0)?;
     for rep in 0..reps {
@@ -375,14 +377,22 @@ fn main() -> anyhow::Result<()> {
                 path_based.push(secs(m.wall));
             }
         }
+        // The floor: restic itself, told the right parent (what the job runs, minus the job).
+        let repo = p_restic.join(NAMESPACE);
+        let base = site.snapshot("b7-base", 0)?;
+        let args = ["backup", "--host", NAMESPACE, "--parent", base.as_str(), "."];
+        let (m, out) = measure(&mut site.restic(&repo, &c_restic, &new_mount, &args), false)?;
+        ensure!(out.contains("using parent snapshot"), "restic did not use the given parent: {out}");
+        restic_given_parent.push(secs(m.wall));
     }
     // Later steps and reruns start from the first pod uid again.
     std::fs::rename(site.pods().join(&current), site.pods().join(&uid_a))?;
-    let (wi, pb) = (Summary::of(&with_identity), Summary::of(&path_based));
+    let (wi, pb, gp) = (Summary::of(&with_identity), Summary::of(&path_based), Summary::of(&restic_given_parent));
     let b7 = json!({
         "data_mib": data_mb, "repetitions": reps,
         "job_identity_parent_s": wi.json(), "restic_path_parent_s": pb.json(),
-        "ratio": round(wi.median / pb.median),
+        "restic_given_parent_s": gp.json(),
+        "ratio": round(wi.median / pb.median), "floor_ratio": round(gp.median / pb.median),
     });
     println!("B7 {b7}");
 

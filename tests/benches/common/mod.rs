@@ -53,7 +53,9 @@ pub fn measure(cmd: &mut Command, own_memory: bool) -> anyhow::Result<(Measured,
                 if let Some(kib) = std::fs::read_to_string(&path).ok().as_deref().and_then(vm_hwm_kib) {
                     hwm.fetch_max(kib, Ordering::Relaxed);
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                // VmHWM only grows, so a coarse sample misses at most the last interval's growth,
+                // and a fast one would steal CPU from the process it measures (and from restic).
+                std::thread::sleep(Duration::from_millis(25));
             }
         })
     });
