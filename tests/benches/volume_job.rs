@@ -15,8 +15,9 @@
 //! - **B7** the B5 volume after its pod was re-created: the pod directory moves to a new pod uid
 //!   (a PVC's data is the same inodes, bind-mounted at a new path). Timed: the job binary (parent
 //!   by identity: plan-backup's hint for the PVC's identity) against `restic backup` run
-//!   directly in the new directory with restic's default parent choice (same host and same paths: none, so every file is read and
-//!   hashed again), each against its own copy of the repository holding the first snapshot.
+//!   directly in the new directory with restic's default parent choice (same host and same
+//!   paths: none, so every file is read and hashed again), each against its own copy of the
+//!   repository holding the first snapshot.
 //!   Also timed, as the floor: restic run directly with the right `--parent` given by hand.
 //!
 //! `cargo bench -p coracle-tests --bench volume_job` writes `target/bench/volume_job.json`.
@@ -346,7 +347,8 @@ fn main() -> anyhow::Result<()> {
     copy_tree(&c_job, &c_restic)?;
     let (mut with_identity, mut path_based, mut restic_given_parent) = (vec![], vec![], vec![]);
     let mut current = uid_a.clone();
-    let mut parent = site.snapshot("b7-base", 0)?;
+    let base = site.snapshot("b7-base", 0)?;
+    let mut parent = base.clone();
     for rep in 0..reps {
         // The pod is re-created: same PVC (same data, same inodes), new pod uid.
         let next = pod_uid(100 + rep as u32);
@@ -379,7 +381,6 @@ fn main() -> anyhow::Result<()> {
         }
         // The floor: restic itself, told the right parent (what the job runs, minus the job).
         let repo = p_restic.join(NAMESPACE);
-        let base = site.snapshot("b7-base", 0)?;
         let args = ["backup", "--host", NAMESPACE, "--parent", base.as_str(), "."];
         let (m, out) = measure(&mut site.restic(&repo, &c_restic, &new_mount, &args), false)?;
         ensure!(out.contains("using parent snapshot"), "restic did not use the given parent: {out}");

@@ -46,7 +46,7 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn phase(pod: &Pod) -> &str {
+pub(crate) fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
 }
 
@@ -56,6 +56,11 @@ fn terminal(pod: &Pod) -> bool {
 
 pub(crate) fn pod_index(pod: &Pod) -> Option<i32> {
     pod.metadata.annotations.as_ref()?.get(COMPLETION_INDEX)?.parse().ok()
+}
+
+/// How many earlier pods of this pod's index failed (set on indexed Jobs with `backoffLimitPerIndex`).
+pub(crate) fn index_failures(pod: &Pod) -> Option<i32> {
+    pod.metadata.annotations.as_ref()?.get(INDEX_FAILURE_COUNT)?.parse().ok()
 }
 
 fn ready(pod: &Pod) -> bool {
@@ -290,13 +295,7 @@ impl Controller {
                 t.last_failure.insert(key, Instant::now());
                 // Pods the controller stops because the Job already ends do not use up their index's retries.
                 if let Some(i) = index.filter(|_| indexed && !ending) {
-                    let from_pod = pod
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(INDEX_FAILURE_COUNT))
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .unwrap_or(0);
+                    let from_pod = index_failures(pod).unwrap_or(0);
                     let entry = t.index_failures.entry(i).or_insert(0);
                     *entry = (*entry).max(from_pod).saturating_add(1);
                 }

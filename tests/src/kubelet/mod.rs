@@ -263,17 +263,10 @@ pub struct Cluster {
 /// retry made within the same second ties with the pod it replaces: the per-index failure count breaks
 /// that tie, and a failed pod sorts before one that is still running or succeeded (a replacement is only
 /// created after its predecessor failed).
-fn attempt_order(pod: &Pod) -> (u32, i64, bool) {
-    let failures = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(job_controller::INDEX_FAILURE_COUNT))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+fn attempt_order(pod: &Pod) -> (i32, i64, bool) {
+    let failures = job_controller::index_failures(pod).unwrap_or(0);
     let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_millisecond());
-    let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
-    (failures, created, !failed)
+    (failures, created, job_controller::phase(pod) != "Failed")
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -529,8 +522,7 @@ impl Cluster {
             .map(|(index, mut pods)| {
                 pods.sort_by_key(attempt_order);
                 let attempts = pods.len();
-                let succeeded =
-                    pods.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+                let succeeded = pods.iter().any(|p| job_controller::phase(p) == "Succeeded");
                 let last = pods.last().cloned().unwrap_or_default();
                 let status = last.status.clone().unwrap_or_default();
                 let first = status.container_statuses.as_ref().and_then(|c| c.first()).cloned();
