@@ -4,8 +4,9 @@
 #
 #   bash scripts/bench.sh              # the full run (12 minutes on 2 cores, after a ~25 minute first build)
 #   BENCH_QUICK=1 bash scripts/bench.sh  # smaller data and fewer samples (about 4 minutes)
-#   BENCH_ONLY="volume_job" bash scripts/bench.sh  # rerun some benches (by --bench name; "none"
-#       rebuilds only the report), keeping the others' last output; results.json says when each ran
+#   BENCH_ONLY="volume_job" bash scripts/bench.sh  # rerun some benches, keeping the others' last output
+#       (plan_backup, plan_backup_process, admission, marker_latency, volume_job, record_result;
+#       "none" rebuilds only the report); results.json says when each ran
 #
 # Scale knobs (the defaults are the issue's sizes): CORACLE_BENCH_DATA_MB (B5-B7 data, 1024),
 # CORACLE_BENCH_REPS (B5-B7 repetitions, 3), CORACLE_BENCH_B1_SIZES (pods, "1000,10000,50000"),
@@ -31,26 +32,40 @@ export CORACLE_BENCH_TMP="$root/bench/tmp"
 mkdir -p bench "$CORACLE_BENCH_TMP"
 started=$(date +%s)
 
-echo "== building release binaries"
-cargo build --release --workspace --bins --quiet
+echo "== building the release binaries and the bench harnesses"
+# One cargo invocation builds everything. The benches' dev-dependencies (criterion, proptest) switch on
+# a few extra features of shared crates, so a second invocation with another selection would compile
+# kube, async-nats and the workspace crates again; the harnesses are then run directly.
+built=target/bench-build.json
+mkdir -p target
+cargo build --release --workspace --bin coracle --bin coracle-volume-job --bin coracle-restore-wait \
+  --bench plan_backup --bench marker_latency --bench end_to_end \
+  --message-format=json-render-diagnostics --quiet >"$built"
+harness() {
+  jq -r --arg name "$1" 'select(.reason == "compiler-artifact" and .target.name == $name
+    and (.target.kind | index("bench"))) | .executable' "$built" | tail -n 1
+}
 [ -n "${BENCH_ONLY:-}" ] || rm -rf target/bench target/criterion/b1
 
+# run TITLE HARNESS PACKAGE-DIR [NAME]: runs a bench harness as `cargo bench` would (from its package's
+# directory, with --bench), unless BENCH_ONLY leaves NAME (default: HARNESS) out.
 run() {
-  local bench=${*: -1}
-  if [ -n "${BENCH_ONLY:-}" ] && [[ " ${BENCH_ONLY//,/ } " != *" $bench "* ]]; then
-    echo "== $1: kept from the last run"
+  local title=$1 name=${4:-$2} exe
+  if [ -n "${BENCH_ONLY:-}" ] && [[ " ${BENCH_ONLY//,/ } " != *" $name "* ]]; then
+    echo "== $title: kept from the last run"
     return
   fi
-  echo "== $1"
-  shift
-  cargo bench --quiet "$@"
+  echo "== $title"
+  exe=$(harness "$2")
+  [ -x "$exe" ] || { echo "bench: cargo built no harness named $2" >&2; exit 1; }
+  (cd "$3" && CRITERION_HOME="$root/target/criterion" "$exe" --bench ${4:+"$4"})
 }
-run "B1 plan-backup vs deserialising the pod list (criterion)" -p coracle-functions --bench plan_backup
-run "B2 coracle fn plan-backup as a process" -p coracle-tests --bench plan_backup_process
-run "B3 admission review" -p coracle-tests --bench admission
-run "B4 restore-wait marker to exit" -p coracle-restore-wait --bench marker_latency
-run "B5 B6 B7 coracle-volume-job vs restic" -p coracle-tests --bench volume_job
-run "B8 record-result with NATS" -p coracle-tests --bench record_result
+run "B1 plan-backup vs deserialising the pod list (criterion)" plan_backup functions
+run "B2 coracle fn plan-backup as a process" end_to_end tests plan_backup_process
+run "B3 admission review" end_to_end tests admission
+run "B4 restore-wait marker to exit" marker_latency helper
+run "B5 B6 B7 coracle-volume-job vs restic" end_to_end tests volume_job
+run "B8 record-result with NATS" end_to_end tests record_result
 
 # criterion's median estimate in seconds for b1/<series>/<pods>.
 crit() { jq '.median.point_estimate / 1e9' "target/criterion/b1/$1/$2/new/estimates.json"; }

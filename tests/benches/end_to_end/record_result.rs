@@ -16,14 +16,13 @@
 //! Also reported, to show what bounds it: CPU seconds used by the function process and by
 //! nats-server over the timed window, and how many record writes (KV revisions) it took.
 //!
-//! `cargo bench -p coracle-tests --bench record_result` writes `target/bench/record_result.json`.
+//! `cargo bench -p coracle-tests --bench end_to_end -- record_result` writes
+//! `target/bench/record_result.json`.
 //! `CORACLE_BENCH_B8_BIN=/path/to/coracle` runs another build of the binary instead (to compare
 //! two builds side by side in one sitting).
 
-mod common;
-
+use crate::common::{env_num, full_run, round, write_report};
 use anyhow::{ensure, Context as _};
-use common::{env_num, full_run, round, write_report};
 use coracle_events::subjects::{BACKUP_COMPLETED, DLQ_PREFIX, KV_BACKUPS};
 use coracle_events::{
     function_source, BackupPlanned, BackupRef, BackupRequest, BackupStats, CloudEvent, PlannedVolume,
@@ -80,7 +79,7 @@ fn completed(backup: &BackupRef, b: usize, i: usize, attempt: u32) -> VolumeBack
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub async fn run() -> anyhow::Result<()> {
     let (backups, per_backup) = if full_run() {
         (env_num("CORACLE_BENCH_B8_BACKUPS", 100) as usize, env_num("CORACLE_BENCH_B8_VOLUMES", 100) as usize)
     } else {

@@ -1,4 +1,5 @@
-//! `cargo bench -p coracle-tests --bench admission`: admission handling time, p50/p99.
+//! B3 (issue 8), `cargo bench -p coracle-tests --bench end_to_end -- admission`: admission
+//! handling time, p50/p99.
 //!
 //! - in process, pending restores in memory (the function's own cost);
 //! - in process, read from a real NATS KV bucket on every review (two KV round trips: how
@@ -11,7 +12,7 @@
 //!
 //! Prints a table and writes `target/bench/admission.json` for the bench script to collect.
 
-use anyhow::Context as _;
+use crate::common::write_report;
 use coracle_events::{BackupRef, PendingRestore, RestoreRef, RestoreTarget};
 use coracle_functions::admission::HelperSettings;
 use coracle_functions::handlers::admit::{review, MemoryPending, PendingStore, WatchedPending};
@@ -19,7 +20,7 @@ use coracle_functions::kv_json::JsonKv;
 use coracle_functions::plan_restore::pending_key;
 use coracle_functions::restore_state::PendingEntry;
 use coracle_functions::settings::Settings;
-use coracle_tests::binaries::{scratch_dir, target_dir};
+use coracle_tests::binaries::scratch_dir;
 use coracle_tests::nats::NatsServer;
 use coracle_tests::tls::{client_config, test_ca_and_cert};
 use http_body_util::{BodyExt, Full};
@@ -116,7 +117,7 @@ async fn time_https(app: axum::Router, body: &[u8]) -> anyhow::Result<(f64, f64)
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub async fn run() -> anyhow::Result<()> {
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../functions/tests/fixtures/admission/generate-name-pod.json"
@@ -172,8 +173,6 @@ async fn main() -> anyhow::Result<()> {
     ] {
         println!("{name:<52} {p50:>9.3} {p99:>9.3}");
     }
-    let out = target_dir()?.join("../bench");
-    std::fs::create_dir_all(&out)?;
     let report = json!({
         "iterations": ITERATIONS,
         "in_process_memory": {"p50_ms": in_memory.0, "p99_ms": in_memory.1},
@@ -186,6 +185,6 @@ async fn main() -> anyhow::Result<()> {
         "https_kv": {"p50_ms": https.0, "p99_ms": https.1},
         "https_kv_direct": {"p50_ms": https_direct.0, "p99_ms": https_direct.1},
     });
-    std::fs::write(out.join("admission.json"), serde_json::to_vec_pretty(&report)?).context("writing the report")?;
+    write_report("admission", &report)?;
     Ok(())
 }

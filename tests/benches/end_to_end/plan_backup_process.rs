@@ -8,13 +8,11 @@
 //! `wait4`. The first run creates the Jobs; later ones meet AlreadyExists, which the function
 //! treats as created, exactly as a redelivered request would.
 //!
-//! `cargo bench -p coracle-tests --bench plan_backup_process` writes
+//! `cargo bench -p coracle-tests --bench end_to_end -- plan_backup_process` writes
 //! `target/bench/plan_backup_process.json`.
 
-mod common;
-
+use crate::common::{full_run, measure, round, secs, write_report, Summary};
 use anyhow::ensure;
-use common::{full_run, measure, round, secs, write_report, Summary};
 use coracle_events::{function_source, BackupRequest, CloudEvent};
 use coracle_tests::binaries::{scratch_dir, workspace_bin};
 use coracle_tests::sim::SimServer;
@@ -24,7 +22,7 @@ use std::process::Command;
 const TARGET_MS: f64 = 20.0;
 const TARGET_MB: f64 = 20.0;
 
-fn main() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     let (warmup, runs) = if full_run() { (3, 40) } else { (1, 2) };
     let fixture =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../functions/tests/fixtures/cluster.yaml"))?;

@@ -1,7 +1,6 @@
 //! What the whole-process benchmarks (issue 8) share: running a command while taking its wall
 //! time and peak memory from the kernel, sample statistics, and the JSON report each bench
 //! leaves in `target/bench/` for `scripts/bench.sh`.
-#![allow(dead_code)]
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};

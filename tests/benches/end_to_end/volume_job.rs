@@ -20,13 +20,12 @@
 //!   repository holding the first snapshot.
 //!   Also timed, as the floor: restic run directly with the right `--parent` given by hand.
 //!
-//! `cargo bench -p coracle-tests --bench volume_job` writes `target/bench/volume_job.json`.
+//! `cargo bench -p coracle-tests --bench end_to_end -- volume_job` writes
+//! `target/bench/volume_job.json`.
 //! Needs the release binaries (`cargo build --release --bins`) and restic (.tools/bin).
 
-mod common;
-
+use crate::common::{data_dir, env_num, full_run, measure, round, secs, tool, write_report, Measured, Summary};
 use anyhow::{ensure, Context as _};
-use common::{data_dir, env_num, full_run, measure, round, secs, tool, write_report, Measured, Summary};
 use coracle_events::{PlannedVolume, VolumeSource};
 use coracle_tests::binaries::workspace_bin;
 use serde_json::{json, Value};
@@ -259,7 +258,7 @@ fn find<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     let full = full_run();
     let data_mb = if full { env_num("CORACLE_BENCH_DATA_MB", 1024) } else { 8 };
     let reps = if full { env_num("CORACLE_BENCH_REPS", 3).max(1) } else { 1 };
