@@ -64,8 +64,7 @@ pub async fn run(args: BackupRun) -> anyhow::Result<ExitCode> {
     let jobs =
         // No NATS, no parent hints: each Job looks its parent up in the repository.
         backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), &Default::default(), volume_timeout, &snapshot.settings);
-    for job in &jobs {
-        let created = kube_cluster::create_job(&client, job).await?;
+    for (job, created) in jobs.iter().zip(kube_cluster::create_jobs(&client, &jobs).await?) {
         let name = job.metadata.name.as_deref().unwrap_or_default();
         eprintln!("Job {name}: {}", if created { "created" } else { "already exists, joining it" });
     }

@@ -197,6 +197,12 @@ pub async fn create_job(client: &Client, job: &Job) -> Result<bool, KubeError> {
     }
 }
 
+/// Creates Jobs together (one per node: one round trip, not one per node); for each, whether it
+/// was created rather than found.
+pub async fn create_jobs(client: &Client, jobs: &[Job]) -> Result<Vec<bool>, KubeError> {
+    futures::future::try_join_all(jobs.iter().map(|job| create_job(client, job))).await
+}
+
 /// Reads one pod; None when it is gone.
 pub async fn pod(client: &Client, namespace: &str, name: &str) -> Result<Option<Pod>, KubeError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);

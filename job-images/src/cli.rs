@@ -108,6 +108,10 @@ pub struct JobArgs {
     /// The restic binary.
     #[arg(long, env = "CORACLE_RESTIC", default_value = "restic")]
     pub restic: PathBuf,
+    /// The version of that restic (e.g. 0.18.0), stamped by the image build, which pins it. Saves
+    /// a `restic version` run per Job; unset or not a version, restic is asked.
+    #[arg(long, env = "CORACLE_RESTIC_VERSION")]
+    pub restic_version: Option<String>,
 }
 
 impl JobArgs {

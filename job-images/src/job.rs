@@ -148,7 +148,7 @@ pub async fn open_repository(args: &JobArgs, namespace: &str) -> Result<Restic, 
     let mut restic = Restic::new(&args.restic, repository, master.namespace_password(namespace, generation));
     restic.add_secret(&String::from_utf8_lossy(master.expose()));
 
-    let version = restic.version().await.map_err(JobError::Restic)?;
+    let version = restic_version(args, &restic).await?;
     tracing::info!("restic {version}, repository {}", restic.repository());
     if version < restic::ResticVersion::new(0, 14, 0) {
         tracing::warn!("restic {version} is older than 0.14, the oldest version Coracle is tested with");
@@ -157,6 +157,18 @@ pub async fn open_repository(args: &JobArgs, namespace: &str) -> Result<Restic, 
         restic = restic.with_retry_lock(RETRY_LOCK);
     }
     Ok(restic)
+}
+
+/// The version the image stamped (CORACLE_RESTIC_VERSION), or restic's own answer when none is
+/// stamped or the stamp is not a version.
+async fn restic_version(args: &JobArgs, restic: &Restic) -> Result<restic::ResticVersion, JobError> {
+    if let Some(stamped) = args.restic_version.as_deref().filter(|v| !v.trim().is_empty()) {
+        match restic::ResticVersion::parse_number(stamped) {
+            Some(version) => return Ok(version),
+            None => tracing::warn!("CORACLE_RESTIC_VERSION {stamped:?} is not a version such as 0.18.0; asking restic"),
+        }
+    }
+    restic.version().await.map_err(JobError::Restic)
 }
 
 /// Writes the outcome to the termination log, logging (not failing) when that is impossible.

@@ -1,6 +1,6 @@
 //! `coracle-volume-job maintain`: one namespace's repository maintenance, as one Job.
 //!
-//! In order: remove locks whose owner pod is gone (see [`restic::locks::stale_locks`]), forget the
+//! In order: remove locks whose owner pod is gone (see [`crate::restic::locks::stale_locks`]), forget the
 //! snapshots of expired or deleted backups by their `backup-uid` tag, `prune`, `check`. Each task
 //! holding restic's exclusive lock waits for running backups' locks (`--retry-lock` on restic
 //! 0.16+, a retry loop here on 0.14), and a backup arriving meanwhile waits the same way, so
@@ -12,7 +12,7 @@ use crate::job::{self, JobError};
 use crate::notify::Notifier;
 use crate::restic::forget::{is_lock_conflict, CheckResult};
 use crate::restic::locks::{self, Liveness};
-use crate::restic::{self, Restic, ResticError, SnapshotFilter};
+use crate::restic::{Restic, ResticError, SnapshotFilter};
 use crate::tags;
 use chrono::Utc;
 use coracle_events::{job_source, BackupRef, MaintenanceCompleted};
@@ -91,7 +91,8 @@ async fn maintain(args: &MaintainArgs, namespace: &str, outcome: &mut Maintenanc
     let live_hosts = locks::parse_live_hosts(args.live_hosts.as_deref(), args.live_hosts_at.as_deref())
         .map_err(JobError::Settings)?;
     let restic = job::open_repository(&args.job, namespace).await?;
-    let old_restic = restic.version().await.map_err(JobError::Restic)? < restic::ResticVersion::new(0, 16, 0);
+    // restic before 0.16 has no --retry-lock: this Job waits for a conflicting lock itself.
+    let old_restic = !restic.waits_for_locks();
     let repo_err = |source| JobError::Repository { repository: restic.repository().to_string(), source };
 
     // A namespace that never had a backup has no repository: there is nothing to forget or keep

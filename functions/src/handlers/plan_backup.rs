@@ -102,8 +102,7 @@ async fn launch(
         let parents = parent_hints(ctx, &planned.volumes).await;
         let jobs =
             backup_jobs(&planned.backup, &planned.volumes, Some(planned.expires), &parents, volume_timeout, settings);
-        // One Job per node, created together: one round trip to the API server, not one per node.
-        futures::future::try_join_all(jobs.iter().map(|job| kube_cluster::create_job(kube, job))).await?;
+        kube_cluster::create_jobs(kube, &jobs).await?;
     }
     publish_completion(ctx, record).await
 }

@@ -188,8 +188,12 @@ impl ResticVersion {
 
     /// Parses `restic 0.14.0 compiled with go1.19.8 on linux/amd64`.
     pub fn parse(text: &str) -> Option<Self> {
-        let word = text.split_whitespace().skip_while(|w| *w != "restic").nth(1)?;
-        let mut parts = word.split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+        Self::parse_number(text.split_whitespace().skip_while(|w| *w != "restic").nth(1)?)
+    }
+
+    /// Parses a bare version: `0.18.0`, `0.16`, or a Debian package version such as `0.18.0-1+b4`.
+    pub fn parse_number(word: &str) -> Option<Self> {
+        let mut parts = word.trim().split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
         Some(ResticVersion { major: parts.next()??, minor: parts.next()??, patch: parts.next().flatten().unwrap_or(0) })
     }
 }
@@ -218,6 +222,11 @@ impl Restic {
     pub fn with_retry_lock(mut self, wait: Duration) -> Self {
         self.retry_lock = Some(wait);
         self
+    }
+
+    /// Whether restic itself waits for a conflicting lock ([`Restic::with_retry_lock`]).
+    pub fn waits_for_locks(&self) -> bool {
+        self.retry_lock.is_some()
     }
 
     /// Adds a value that must never appear in anything kept from restic's output.
@@ -413,6 +422,12 @@ mod tests {
         assert_eq!(v, ResticVersion { major: 0, minor: 14, patch: 0 });
         assert!(ResticVersion::parse("restic 0.18.1-dev (compiled manually) compiled with go").unwrap() > v);
         assert_eq!(ResticVersion::parse("nonsense"), None);
+        // Bare, as an image stamps it.
+        assert_eq!(ResticVersion::parse_number("0.18.0-1+b4"), Some(ResticVersion::new(0, 18, 0)));
+        assert_eq!(ResticVersion::parse_number(" 0.16 "), Some(ResticVersion::new(0, 16, 0)));
+        for bad in ["", "v0.18.0", "latest", "0"] {
+            assert_eq!(ResticVersion::parse_number(bad), None, "{bad}");
+        }
     }
 
     #[test]

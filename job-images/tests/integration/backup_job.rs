@@ -6,6 +6,7 @@ use crate::common;
 use common::*;
 use coracle_events::{PlannedVolume, VolumeOutcome, VolumeSource};
 use coracle_volume_job::namespace_password;
+use coracle_volume_job::restic::ResticVersion;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,12 +180,57 @@ fn counted_restic(restic: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     (script, log)
 }
 
+/// Every subcommand restic ran since the last call (the log is emptied).
+fn subcommands(log: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_file(log);
+    text.lines().map(str::to_string).collect()
+}
+
 /// The subcommands restic ran since the last call that open the repository (the log is
 /// emptied). `restic version` (asked once per Job for its features) opens nothing and is cheap.
 fn runs(log: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let _ = std::fs::remove_file(log);
-    text.lines().filter(|l| *l != "version").map(str::to_string).collect()
+    subcommands(log).into_iter().filter(|s| s != "version").collect()
+}
+
+/// The image stamps its pinned restic's version (CORACLE_RESTIC_VERSION): the Job then never runs
+/// `restic version`, and restic 0.14 stamped as such still gets no `--retry-lock` (it would refuse
+/// the flag). Without a stamp, or with one that is not a version (reported), restic is asked.
+fn stamped_restic_version(restic: &Path) {
+    let f = Fixture::new(restic);
+    let label = version(restic);
+    let number = label.split_whitespace().nth(1).unwrap().to_string();
+    let (counted, log) = counted_restic(restic, &f.root);
+    let counted = counted.to_str().unwrap();
+    f.csi_volume(POD_UID_1);
+    let volumes = vec![f.volume("db-0", POD_UID_1)];
+
+    let stamped = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_RESTIC_VERSION", &number)]);
+    assert_eq!(stamped.completed().snapshot_id.len(), 64, "{label}");
+    let ran = subcommands(&log);
+    assert!(ran.contains(&"backup".to_string()) && !ran.contains(&"version".to_string()), "{label}: {ran:?}");
+    let logged = format!("restic {}, repository", ResticVersion::parse_number(&number).unwrap());
+    assert!(stamped.stderr.contains(&logged), "{label}: {}", stamped.stderr);
+
+    for stamp in ["", "latest"] {
+        let run = f.run(&volumes, 0, &[("CORACLE_RESTIC", counted), ("CORACLE_RESTIC_VERSION", stamp)]);
+        assert_eq!(run.completed().snapshot_id.len(), 64, "{label} {stamp:?}");
+        let ran = subcommands(&log);
+        assert_eq!(ran.iter().filter(|s| *s == "version").count(), 1, "{label} {stamp:?}: {ran:?}");
+        assert_eq!(run.stderr.contains("is not a version"), !stamp.is_empty(), "{label} {stamp:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn stamped_restic_version_restic() {
+    stamped_restic_version(&restic());
+}
+
+#[test]
+fn stamped_restic_version_restic_014() {
+    if let Some(old) = restic_014("stamped_restic_version_restic_014") {
+        stamped_restic_version(&old);
+    }
 }
 
 /// The planner's parent hint (`CORACLE_PARENTS`) makes a backup one restic run; a hint naming a

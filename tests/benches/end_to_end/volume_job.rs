@@ -142,6 +142,8 @@ struct Site {
     root: PathBuf,
     job: PathBuf,
     restic: PathBuf,
+    /// restic's version number, which the job image stamps into CORACLE_RESTIC_VERSION.
+    restic_version: String,
     password: String,
 }
 
@@ -197,6 +199,7 @@ impl Site {
             .env("CORACLE_MASTER_KEY", MASTER_KEY)
             .env("CORACLE_TERMINATION_LOG", self.root.join(format!("termination-{name}-{index}")))
             .env("CORACLE_RESTIC", &self.restic)
+            .env("CORACLE_RESTIC_VERSION", &self.restic_version)
             .env("RESTIC_CACHE_DIR", cache)
             .env("CORACLE_VOLUMES", serde_json::to_string(volumes).unwrap_or_default())
             .env("CORACLE_BACKUP_NAME", name)
@@ -264,9 +267,17 @@ pub fn run() -> anyhow::Result<()> {
     let reps = if full { env_num("CORACLE_BENCH_REPS", 3).max(1) } else { 1 };
     let root = data_dir("volume_job")?;
     let password = coracle_volume_job::keys::namespace_password(MASTER_KEY.as_bytes(), NAMESPACE, 1);
-    let site = Site { root: root.clone(), job: workspace_bin("coracle-volume-job")?, restic: tool("restic"), password };
+    let restic = tool("restic");
     let restic_version =
-        String::from_utf8_lossy(&Command::new(&site.restic).arg("version").output()?.stdout).trim().to_string();
+        String::from_utf8_lossy(&Command::new(&restic).arg("version").output()?.stdout).trim().to_string();
+    let number = restic_version.split_whitespace().nth(1).context("restic version printed no number")?.to_string();
+    let site = Site {
+        root: root.clone(),
+        job: workspace_bin("coracle-volume-job")?,
+        restic,
+        restic_version: number,
+        password,
+    };
     println!("volume_job: {data_mb} MiB of data, {reps} repetition(s), {restic_version}");
 
     // ---- B5 ------------------------------------------------------------------------------
