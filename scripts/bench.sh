@@ -2,7 +2,7 @@
 # Issue 8's benchmarks, B1-B8, in one command: builds the release binaries, runs every bench
 # side by side on this machine, writes bench/results.json (SPEC §11) and prints a table.
 #
-#   bash scripts/bench.sh              # the full run (12 minutes on 2 cores, after a ~25 minute first build)
+#   bash scripts/bench.sh              # the full run (about 9 minutes on 2 cores, after a ~15 minute first build)
 #   BENCH_QUICK=1 bash scripts/bench.sh  # smaller data and fewer samples (about 4 minutes)
 #   BENCH_ONLY="volume_job" bash scripts/bench.sh  # rerun some benches, keeping the others' last output
 #       (plan_backup, plan_backup_process, admission, marker_latency, volume_job, record_result;
