@@ -197,8 +197,8 @@ pub async fn create_job(client: &Client, job: &Job) -> Result<bool, KubeError> {
     }
 }
 
-/// Creates Jobs together (one per node: one round trip, not one per node); for each, whether it
-/// was created rather than found.
+/// Creates Jobs concurrently (a backup's Jobs, one per node, cost about one API round trip, not
+/// one each); for each, whether it was created rather than found.
 pub async fn create_jobs(client: &Client, jobs: &[Job]) -> Result<Vec<bool>, KubeError> {
     futures::future::try_join_all(jobs.iter().map(|job| create_job(client, job))).await
 }

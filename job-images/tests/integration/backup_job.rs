@@ -199,7 +199,7 @@ fn runs(log: &Path) -> Vec<String> {
 fn stamped_restic_version(restic: &Path) {
     let f = Fixture::new(restic);
     let label = version(restic);
-    let number = label.split_whitespace().nth(1).unwrap().to_string();
+    let number = ResticVersion::parse(&label).unwrap().to_string();
     let (counted, log) = counted_restic(restic, &f.root);
     let counted = counted.to_str().unwrap();
     f.csi_volume(POD_UID_1);
@@ -209,7 +209,7 @@ fn stamped_restic_version(restic: &Path) {
     assert_eq!(stamped.completed().snapshot_id.len(), 64, "{label}");
     let ran = subcommands(&log);
     assert!(ran.contains(&"backup".to_string()) && !ran.contains(&"version".to_string()), "{label}: {ran:?}");
-    let logged = format!("restic {}, repository", ResticVersion::parse_number(&number).unwrap());
+    let logged = format!("restic {number}, repository");
     assert!(stamped.stderr.contains(&logged), "{label}: {}", stamped.stderr);
 
     for stamp in ["", "latest"] {

@@ -270,7 +270,9 @@ pub fn run() -> anyhow::Result<()> {
     let restic = tool("restic");
     let restic_version =
         String::from_utf8_lossy(&Command::new(&restic).arg("version").output()?.stdout).trim().to_string();
-    let number = restic_version.split_whitespace().nth(1).context("restic version printed no number")?.to_string();
+    let number = coracle_volume_job::restic::ResticVersion::parse(&restic_version)
+        .context("restic version printed no version")?
+        .to_string();
     let site = Site {
         root: root.clone(),
         job: workspace_bin("coracle-volume-job")?,
